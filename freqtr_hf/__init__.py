@@ -1,0 +1,22 @@
+"""freqtr-hf: frequency-aware token reduction for Vision Transformers, as Hugging Face model classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_freqvit import FreqViTConfig
+from .modeling_freqvit import FreqViTForImageClassification, FreqViTModel, FreqViTPreTrainedModel, TokenProvenance
+
+AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
+AutoModel.register(FreqViTConfig, FreqViTModel, exist_ok=True)
+AutoModelForImageClassification.register(FreqViTConfig, FreqViTForImageClassification, exist_ok=True)
+# save_pretrained writes the modeling code and an auto_map, so the Hub copy loads with trust_remote_code=True
+FreqViTConfig.register_for_auto_class()
+FreqViTModel.register_for_auto_class("AutoModel")
+FreqViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "FreqViTConfig",
+    "FreqViTForImageClassification",
+    "FreqViTModel",
+    "FreqViTPreTrainedModel",
+    "TokenProvenance",
+]

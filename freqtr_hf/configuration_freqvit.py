@@ -1,0 +1,134 @@
+"""FreqViT configuration: a `ViTConfig` plus the token-reduction schedule and the method's decisions."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import ViTConfig
+
+from .token_schedule import ReductionStage, check_stages, patch_grid
+
+
+REDUCTION_METHODS = ("none", "freq")
+DC_UPDATES = ("count_weighted", "token_mean")
+DC_EMPTY_FILLS = ("global_mean", "zeros")
+# Checkpoint model types whose weights and layout a FreqViT can load.
+COMPATIBLE_MODEL_TYPES = ("freqvit", "vit", "deit")
+
+
+@strict(accept_kwargs=True)
+class FreqViTConfig(ViTConfig):
+    r"""
+    Configuration of a ViT whose blocks reduce tokens (Lee et al., NeurIPS 2025). Every `ViTConfig` field keeps its
+    meaning; the fields below set the reduction. Values are checked when the config is built: an out-of-range or
+    inconsistent value raises `ValueError` naming the field.
+
+    reduction_method (`str`, defaults to `"freq"`):
+        `"freq"` (frequency-aware: keep high-frequency tokens, average the rest into DC tokens) or `"none"`
+        (the plain ViT).
+    reduction_layers (`list[int]`, defaults to `(3, 6, 9)`):
+        0-based indices of the blocks after whose attention (+ residual, before the MLP) tokens are reduced.
+    keep_rate (`float` or `list[float]`, defaults to `0.7`):
+        Fraction of the remaining candidate tokens kept at each reduction layer, one number for all or one per
+        layer; the kept count is `⌊keep_rate · candidates⌋`. `1.0` at a layer means that layer does not reduce.
+    dc_window_sizes (`list[int]`, defaults to `(2, 1, 1)`):
+        Per reduction layer, `w`: the original patch grid is cut into `w × w` windows, one DC token each.
+    attention_reweighting (`bool`, defaults to `True`):
+        Learnable per-head `ω1` (every block) and `ω2` (blocks that see DC tokens), initialised to zero:
+        `Â = A + ω1·(A − 1/n) + ω2·A⊙M_DC`.
+    dc_position_embedding (`bool`, defaults to `True`):
+        A learnable embedding per DC slot and reduction layer, zero-initialised, added to the DC tokens.
+    dc_update (`str`, defaults to `"count_weighted"`):
+        How later reduction layers fold new low-frequency tokens into the existing DC tokens: `"count_weighted"`
+        (running mean weighted by the number of original patches each DC token stands for) or `"token_mean"`
+        (every old DC token counts as one token).
+    dc_empty_fill (`str`, defaults to `"global_mean"`):
+        Value of a DC window that received no token: `"global_mean"` (mean of all low-frequency content) or
+        `"zeros"`. Either way every image has the same number of tokens.
+    """
+
+    model_type = "freqvit"
+
+    reduction_method: str = "freq"
+    reduction_layers: list[int] | tuple[int, ...] = (3, 6, 9)
+    keep_rate: float | int | list[float | int] | tuple[float | int, ...] = 0.7
+    dc_window_sizes: list[int] | tuple[int, ...] = (2, 1, 1)
+    attention_reweighting: bool = True
+    dc_position_embedding: bool = True
+    dc_update: str = "count_weighted"
+    dc_empty_fill: str = "global_mean"
+
+    def __post_init__(self, **kwargs):
+        self.reduction_layers = tuple(self.reduction_layers)
+        self.dc_window_sizes = tuple(self.dc_window_sizes)
+        if isinstance(self.keep_rate, (list, tuple)):
+            self.keep_rate = tuple(self.keep_rate)
+        super().__post_init__(**kwargs)
+        self._check_reduction()
+
+    def _check_reduction(self) -> None:
+        _check_choice("reduction_method", self.reduction_method, REDUCTION_METHODS)
+        _check_choice("dc_update", self.dc_update, DC_UPDATES)
+        _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)
+        layers = self.reduction_layers
+        if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
+            raise ValueError(
+                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
+                f"got {list(layers)}"
+            )
+        if list(layers) != sorted(set(layers)):
+            raise ValueError(f"reduction_layers: must be strictly increasing, got {list(layers)}")
+        rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
+        if len(rates) != len(layers):
+            raise ValueError(
+                f"keep_rate: {len(rates)} values for {len(layers)} reduction_layers; give one number or one per layer"
+            )
+        if any(not 0.0 < rate <= 1.0 for rate in rates):
+            raise ValueError(f"keep_rate: every rate must be in (0, 1], got {list(rates)}")
+        if len(self.dc_window_sizes) != len(layers):
+            raise ValueError(
+                f"dc_window_sizes: {len(self.dc_window_sizes)} values for {len(layers)} reduction_layers"
+            )
+        if any(size < 1 for size in self.dc_window_sizes):
+            raise ValueError(f"dc_window_sizes: every window size must be >= 1, got {list(self.dc_window_sizes)}")
+        check_stages(self.reduction_method, self.reduction_stages, patch_grid(self.image_size, self.patch_size))
+
+    @property
+    def keep_rates(self) -> tuple[float, ...]:
+        """One keep rate per entry of `reduction_layers`."""
+        if isinstance(self.keep_rate, tuple):
+            return self.keep_rate
+        return (self.keep_rate,) * len(self.reduction_layers)
+
+    @property
+    def reduction_stages(self) -> list[ReductionStage]:
+        """The layers that actually reduce: none for `"none"`, and never a layer whose keep rate is 1.0."""
+        if self.reduction_method == "none":
+            return []
+        return [
+            ReductionStage(layer, rate, size)
+            for layer, rate, size in zip(self.reduction_layers, self.keep_rates, self.dc_window_sizes)
+            if rate < 1.0
+        ]
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type not in COMPATIBLE_MODEL_TYPES:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; FreqViT loads ViT and DeiT "
+                f"checkpoints (model_type one of {COMPATIBLE_MODEL_TYPES})"
+            )
+        if any("WithTeacher" in name for name in config_dict.get("architectures") or ()):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a distilled DeiT with a distillation token, which FreqViT does not "
+                "load; use the non-distilled checkpoint (e.g. facebook/deit-small-patch16-224)"
+            )
+        config_dict["model_type"] = cls.model_type  # a ViT/DeiT config becomes a FreqViT config
+        return config_dict, kwargs
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
+
+
+__all__ = ["FreqViTConfig"]

@@ -1,0 +1,94 @@
+"""Frequency-aware token reduction (Lee et al., NeurIPS 2025) as plain functions on tensors.
+
+Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original patches, W = w² DC windows.
+"""
+
+import torch
+
+
+def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
+    """Score of each key token: the column mean of the high-pass attention `A_HP = A − 11ᵀ/n`, averaged over heads.
+
+    attention_probs: (B, h, n, n) row-stochastic attention, before any reweighting. Returns (B, n).
+    """
+    n = attention_probs.shape[-1]
+    return attention_probs.mean(dim=(1, 2)) - 1.0 / n
+
+
+def split_by_score(scores: torch.Tensor, num_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the `num_keep` highest scores, in their original order, and of the rest, best first.
+
+    scores: (B, m). Returns (B, num_keep) and (B, m − num_keep).
+    """
+    order = scores.argsort(dim=1, descending=True)
+    return order[:, :num_keep].sort(dim=1).values, order[:, num_keep:]
+
+
+def window_index(grid: tuple[int, int], window_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Window of every patch of a (rows, cols) grid cut into w × w windows: `⌊r·w/H⌋·w + ⌊c·w/W⌋`. Returns (P,)."""
+    rows, cols = grid
+    row_window = torch.arange(rows, device=device) * window_size // rows
+    col_window = torch.arange(cols, device=device) * window_size // cols
+    return (row_window[:, None] * window_size + col_window[None, :]).flatten()
+
+
+def window_transfer(
+    grid: tuple[int, int], old_size: int, new_size: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """For each old w × w window, the new window that holds its centre (the mean position of its patches).
+
+    Returns (old_size²,): where each existing DC token is folded when the window size changes (e.g. 2 → 1).
+    """
+    rows, cols = grid
+    old_windows = window_index(grid, old_size)
+    patch_rows = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)
+    patch_cols = torch.arange(cols, dtype=torch.float64).repeat(rows)
+    counts = torch.bincount(old_windows, minlength=old_size**2).double()
+    centre_rows = torch.zeros(old_size**2, dtype=torch.float64).index_add_(0, old_windows, patch_rows) / counts
+    centre_cols = torch.zeros(old_size**2, dtype=torch.float64).index_add_(0, old_windows, patch_cols) / counts
+    new_rows = (centre_rows * new_size / rows).floor().long()
+    new_cols = (centre_cols * new_size / cols).floor().long()
+    return (new_rows * new_size + new_cols).to(device)
+
+
+def merge_into_dc_tokens(
+    low_tokens: torch.Tensor,
+    low_windows: torch.Tensor,
+    num_windows: int,
+    old_dc_tokens: torch.Tensor | None = None,
+    old_dc_sizes: torch.Tensor | None = None,
+    old_dc_windows: torch.Tensor | None = None,
+    count_weighted: bool = True,
+    fill_global_mean: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average each window's low-frequency tokens (and the DC tokens folded into it) into one DC token.
+
+    low_tokens: (B, l, C) and their windows (B, l). old_dc_tokens: (B, d, C), the number of original patches each
+    stands for (B, d), and the new window each goes into (d,). With `count_weighted` an old DC token weighs as many
+    patches as it stands for, otherwise as one token. A window that receives nothing gets the global mean of all it
+    was given (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts
+    (B, num_windows).
+    """
+    batch, _, channels = low_tokens.shape
+    tokens, windows = low_tokens, low_windows
+    sizes = torch.ones(low_windows.shape, dtype=torch.float32, device=low_tokens.device)
+    weights = sizes
+    if old_dc_tokens is not None:
+        tokens = torch.cat([low_tokens, old_dc_tokens], dim=1)
+        windows = torch.cat([low_windows, old_dc_windows.expand(batch, -1)], dim=1)
+        old_weights = old_dc_sizes if count_weighted else torch.ones_like(old_dc_sizes)
+        weights = torch.cat([sizes, old_weights], dim=1)
+        sizes = torch.cat([sizes, old_dc_sizes], dim=1)
+    # sums in fp32: a bf16 sum over many tokens loses precision
+    weighted = tokens.float() * weights[..., None]
+    sums = weighted.new_zeros(batch, num_windows, channels)
+    sums.scatter_add_(1, windows[..., None].expand(-1, -1, channels), weighted)
+    totals = weights.new_zeros(batch, num_windows).scatter_add_(1, windows, weights)
+    dc_sizes = sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
+    dc_tokens = sums / totals.clamp_min(1e-12)[..., None]
+    if fill_global_mean:
+        fill = (sums.sum(1) / totals.sum(1, keepdim=True))[:, None, :]
+    else:
+        fill = torch.zeros_like(sums[:, :1])
+    dc_tokens = torch.where(totals[..., None] > 0, dc_tokens, fill)
+    return dc_tokens.to(low_tokens.dtype), dc_sizes
