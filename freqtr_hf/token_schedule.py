@@ -29,10 +29,14 @@ def merged_count(method: str, stage: ReductionStage) -> int:
     raise ValueError(f"reduction_method {method!r} has no token schedule")
 
 
+def pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a size given as one int or as a pair."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> tuple[int, int]:
     """(rows, columns) of patches for an image size and a patch size, each an int or a (height, width) pair."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    (height, width), (patch_h, patch_w) = pair(image_size), pair(patch_size)
     return height // patch_h, width // patch_w
 
 

@@ -1,0 +1,24 @@
+"""Analytic multiply-accumulate count of a (Freq)ViT forward pass, per method.md §5."""
+
+from transformers import ViTConfig
+
+from .token_schedule import pair, patch_grid, sequence_lengths
+
+
+def count_macs(config: ViTConfig, image_size: int | tuple[int, int] | None = None) -> int:
+    """MACs of one image through the model: patch embedding, per block the q/k/v/o projections, QKᵀ and AV at the
+    block's attention length and the MLP at its (possibly reduced) MLP length, and the classifier.
+
+    A plain `ViTConfig` counts as the unreduced model. `image_size` defaults to `config.image_size`.
+    """
+    grid = patch_grid(config.image_size if image_size is None else image_size, config.patch_size)
+    patch_h, patch_w = pair(config.patch_size)
+    width, mlp_width = config.hidden_size, config.intermediate_size
+    method = getattr(config, "reduction_method", "none")
+    stages = config.reduction_stages if method != "none" else []
+    macs = grid[0] * grid[1] * config.num_channels * patch_h * patch_w * width
+    for attention_length, mlp_length in sequence_lengths(method, config.num_hidden_layers, stages, grid):
+        macs += 4 * attention_length * width * width  # q, k, v, o projections
+        macs += 2 * attention_length**2 * width  # QKᵀ and AV
+        macs += 2 * mlp_length * width * mlp_width  # fc1, fc2
+    return macs + width * config.num_labels
