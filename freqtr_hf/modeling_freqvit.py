@@ -340,7 +340,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor | None) -> tuple[int, int]:
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate: bool) -> tuple[int, int]:
         """Raise a clear error for images the model cannot read; return the patch grid."""
         if pixel_values is None:
             raise ValueError("pixel_values: required")
@@ -354,6 +354,12 @@ class FreqViTModel(FreqViTPreTrainedModel):
         patch_h, patch_w = self.embeddings.patch_embeddings.patch_size
         if height < patch_h or width < patch_w:
             raise ValueError(f"pixel_values: a {height}x{width} image is smaller than one {patch_h}x{patch_w} patch")
+        if not interpolate and (height, width) != tuple(self.embeddings.image_size):
+            raise ValueError(
+                f"pixel_values: input image size ({height}*{width}) doesn't match model "
+                f"({self.embeddings.image_size[0]}*{self.embeddings.image_size[1]}); "
+                "pass interpolate_pos_encoding=True for other sizes"
+            )
         grid = (height // patch_h, width // patch_w)
         check_stages(self.config.reduction_method, self.config.reduction_stages, grid)
         return grid
@@ -379,9 +385,10 @@ class FreqViTModel(FreqViTPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        grid = self._check_pixel_values(pixel_values)
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         tokens = TokenState.initial(hidden_states.shape[0], grid, hidden_states.device, output_token_provenance)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random configs for mechanics, `../shared/assets` for real-weight checks."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from freqtr_hf import FreqViTConfig
+
+
+ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+DEIT_TINY = ASSETS / "deit-tiny-patch16-224"
+IMAGENETTE_VAL = ASSETS / "imagenette" / "val"
+SYNSETS = ASSETS / "imagenet_synsets.txt"
+
+
+def tiny_config(**overrides) -> FreqViTConfig:
+    """A 4-block ViT on 64 px images with 8 px patches (8x8 grid), reducing after blocks 1 and 2."""
+    values = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=64,
+        patch_size=8,
+        reduction_layers=(1, 2),
+        dc_window_sizes=(2, 1),
+        num_labels=10,
+        layer_norm_eps=1e-6,
+    )
+    values.update(overrides)
+    return FreqViTConfig(**values)
+
+
+@pytest.fixture
+def deit_tiny() -> Path:
+    if not DEIT_TINY.exists():
+        pytest.skip(f"real-weight check: {DEIT_TINY} is absent (the shared offline assets are not beside the repo)")
+    return DEIT_TINY
+
+
+@pytest.fixture
+def imagenette_val() -> Path:
+    if not IMAGENETTE_VAL.exists():
+        pytest.skip(f"real-image check: {IMAGENETTE_VAL} is absent (the shared offline assets are not beside the repo)")
+    return IMAGENETTE_VAL
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)

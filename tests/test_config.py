@@ -1,0 +1,70 @@
+import pytest
+from transformers import BertConfig
+
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.token_schedule import sequence_lengths
+
+from conftest import tiny_config
+
+
+def test_defaults_follow_the_method():
+    config = FreqViTConfig()
+    assert config.model_type == "freqvit"
+    assert config.reduction_method == "freq"
+    assert config.reduction_layers == (3, 6, 9)
+    assert config.keep_rates == (0.7, 0.7, 0.7)
+    assert config.dc_window_sizes == (2, 1, 1)
+    assert config.attention_reweighting and config.dc_position_embedding
+    assert (config.dc_update, config.dc_empty_fill) == ("count_weighted", "global_mean")
+
+
+def test_default_token_counts_per_stage():
+    config = FreqViTConfig()
+    lengths = sequence_lengths("freq", 12, config.reduction_stages, (14, 14))
+    assert [attention for attention, _ in lengths] == [197] * 4 + [142] * 3 + [97] * 3 + [68] * 2
+    assert [mlp for _, mlp in lengths][3] == 142
+
+
+def test_keep_rate_one_and_none_do_not_reduce():
+    assert FreqViTConfig(keep_rate=1.0).reduction_stages == []
+    assert FreqViTConfig(reduction_method="none").reduction_stages == []
+    assert [s.layer for s in FreqViTConfig(keep_rate=(0.7, 1.0, 0.5)).reduction_stages] == [3, 9]
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(reduction_method="pca"), "reduction_method"),
+        (dict(reduction_layers=(3, 12)), "reduction_layers"),
+        (dict(reduction_layers=(6, 3, 9)), "reduction_layers"),
+        (dict(keep_rate=0.0), "keep_rate"),
+        (dict(keep_rate=1.2), "keep_rate"),
+        (dict(keep_rate=(0.5, 0.5)), "keep_rate"),
+        (dict(keep_rate=0.004), "keep_rate"),  # keeps no token of 196
+        (dict(dc_window_sizes=(2, 1)), "dc_window_sizes"),
+        (dict(dc_window_sizes=(0, 1, 1)), "dc_window_sizes"),
+        (dict(dc_window_sizes=(15, 1, 1)), "dc_window_sizes"),  # more windows than patches a side
+        (dict(dc_update="median"), "dc_update"),
+        (dict(dc_empty_fill="noise"), "dc_empty_fill"),
+    ],
+)
+def test_bad_values_raise_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        FreqViTConfig(**overrides)
+
+
+def test_round_trip_through_json(tmp_path):
+    config = tiny_config(keep_rate=(0.5, 0.75), dc_update="token_mean")
+    config.save_pretrained(tmp_path)
+    loaded = FreqViTConfig.from_pretrained(tmp_path)
+    assert loaded.keep_rates == (0.5, 0.75)
+    assert loaded.reduction_layers == (1, 2)
+    assert loaded.dc_update == "token_mean"
+
+
+def test_not_a_vit_checkpoint_is_refused(tmp_path):
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="'bert' checkpoint"):
+        FreqViTForImageClassification.from_pretrained(tmp_path)
