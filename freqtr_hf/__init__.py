@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_freqvit import FreqViTConfig
+from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification, FreqViTModel, FreqViTPreTrainedModel, TokenProvenance
 
 AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
@@ -19,4 +20,5 @@ __all__ = [
     "FreqViTModel",
     "FreqViTPreTrainedModel",
     "TokenProvenance",
+    "count_macs",
 ]

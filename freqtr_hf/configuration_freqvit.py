@@ -9,8 +9,9 @@ from .token_schedule import ReductionStage, check_stages, patch_grid
 REDUCTION_METHODS = ("none", "freq")
 DC_UPDATES = ("count_weighted", "token_mean")
 DC_EMPTY_FILLS = ("global_mean", "zeros")
-# Checkpoint model types whose weights and layout a FreqViT can load.
-COMPATIBLE_MODEL_TYPES = ("freqvit", "vit", "deit")
+# Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
+# distillation token (facebook/deit-*-patch16-224) are `vit`; model_type `deit` is the distilled kind.
+COMPATIBLE_MODEL_TYPES = ("freqvit", "vit")
 
 
 @strict(accept_kwargs=True)
@@ -112,15 +113,16 @@ class FreqViTConfig(ViTConfig):
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
+        if model_type == "deit":
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a distilled DeiT (model_type 'deit', with a distillation token), "
+                "which FreqViT does not load; use a DeiT checkpoint without distillation token, such as "
+                "facebook/deit-small-patch16-224"
+            )
         if model_type not in COMPATIBLE_MODEL_TYPES:
             raise ValueError(
                 f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; FreqViT loads ViT and DeiT "
                 f"checkpoints (model_type one of {COMPATIBLE_MODEL_TYPES})"
-            )
-        if any("WithTeacher" in name for name in config_dict.get("architectures") or ()):
-            raise ValueError(
-                f"{pretrained_model_name_or_path} is a distilled DeiT with a distillation token, which FreqViT does not "
-                "load; use the non-distilled checkpoint (e.g. facebook/deit-small-patch16-224)"
             )
         config_dict["model_type"] = cls.model_type  # a ViT/DeiT config becomes a FreqViT config
         return config_dict, kwargs

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import (
@@ -39,12 +38,9 @@ from .reduction_frequency import (
 from .token_schedule import ReductionStage, check_stages, kept_count
 
 
-# A FreqViT checkpoint uses ViT's module names, so ViT's legacy-key renaming applies; DeiT's differs by its prefix.
-register_checkpoint_conversion_mapping(
-    "freqvit",
-    [WeightRenaming(r"^deit\.", "vit."), *get_checkpoint_conversion_mapping("ViTModel")],
-    overwrite=True,
-)
+# FreqViT keeps ViT's module names, so ViT's renaming of the Hub's legacy keys (`encoder.layer.N.attention.attention.
+# query` -> `layers.N.attention.q_proj`, ...) applies; transformers applies it to its own classes only.
+register_checkpoint_conversion_mapping("freqvit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""Loading ViT checkpoints (the Hub's legacy layout and transformers 5's) and exporting with remote code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, ViTForImageClassification
+
+from freqtr_hf import FreqViTForImageClassification, FreqViTModel
+
+from conftest import tiny_config
+
+NEW_PARAMETERS = ("high_pass_gain", "dc_gain", "dc_position_embeddings")
+
+
+def real_images(folder, count=4):
+    files = sorted(folder.rglob("*.JPEG"))[:: max(1, len(list(folder.rglob("*.JPEG"))) // count)][:count]
+    return [Image.open(f).convert("RGB") for f in files]
+
+
+def test_legacy_deit_tiny_loads_every_pretrained_weight(deit_tiny):
+    model, info = FreqViTForImageClassification.from_pretrained(deit_tiny, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert info["missing_keys"]
+    assert all(key.rsplit(".", 1)[-1] in NEW_PARAMETERS for key in info["missing_keys"])
+    assert model.config.model_type == "freqvit" and model.config.num_labels == 1000
+    reference = ViTForImageClassification.from_pretrained(deit_tiny)
+    torch.testing.assert_close(model.classifier.weight, reference.classifier.weight)
+    torch.testing.assert_close(model.vit.layers[11].attention.q_proj.weight, reference.vit.layers[11].attention.q_proj.weight)
+
+
+def test_real_weights_reduction_off_equals_vit(deit_tiny, imagenette_val):
+    processor = AutoImageProcessor.from_pretrained(deit_tiny)
+    pixels = processor(real_images(imagenette_val), return_tensors="pt")["pixel_values"]
+    vit = ViTForImageClassification.from_pretrained(deit_tiny).eval()
+    with torch.no_grad():
+        expected = vit(pixels).logits
+        for off in (dict(reduction_method="none"), dict(keep_rate=1.0)):
+            model = FreqViTForImageClassification.from_pretrained(deit_tiny, **off).eval()
+            assert (model(pixels).logits - expected).abs().max() <= 1e-5
+        reduced = FreqViTForImageClassification.from_pretrained(deit_tiny).eval()(pixels).logits
+    # the default reduction changes the logits but, on real images, rarely the prediction
+    assert (reduced - expected).abs().max() > 1e-3
+    assert (reduced.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.5
+
+
+def test_transformers5_layout_checkpoint_loads(tmp_path):
+    config = tiny_config(reduction_method="none")
+    vit = ViTForImageClassification(config).eval()  # its state dict uses the transformers 5 names
+    assert any(".q_proj." in key for key in vit.state_dict())
+    save_file(vit.state_dict(), tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config_dict = config.to_dict() | {"model_type": "vit", "architectures": ["ViTForImageClassification"]}
+    (tmp_path / "config.json").write_text(json.dumps(config_dict))
+    model, info = FreqViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (model.eval()(pixels).logits - vit(pixels).logits).abs().max() <= 1e-5
+
+
+def test_config_overrides_reach_the_model(deit_tiny):
+    model = FreqViTModel.from_pretrained(deit_tiny, keep_rate=0.5, dc_window_sizes=(2, 2, 1))
+    assert model.config.keep_rates == (0.5, 0.5, 0.5)
+    assert model.layers[6].token_reducer.stage.window_size == 2
+
+
+def test_distilled_deit_is_refused_clearly(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deit", "hidden_size": 32}))
+    with pytest.raises(ValueError, match="distillation token"):
+        FreqViTForImageClassification.from_pretrained(tmp_path)
+
+
+def test_auto_classes_resolve_to_freqvit(tmp_path):
+    FreqViTForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path)) is FreqViTForImageClassification
+    assert type(AutoModel.from_pretrained(tmp_path)) is FreqViTModel
+
+
+EXPORT_CHECK = """
+import sys
+sys.modules["freqtr_hf"] = None  # the package is not importable: only the exported code may serve
+import torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert "freqtr_hf" not in type(model).__module__, type(model).__module__
+with torch.no_grad():
+    logits = model(torch.load(sys.argv[2])).logits
+print((logits - torch.load(sys.argv[3])).abs().max().item())
+"""
+
+
+def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path):
+    model = FreqViTForImageClassification(tiny_config()).eval()
+    for layer in model.vit.layers:  # trained-looking reduction parameters must survive the round trip
+        torch.nn.init.normal_(layer.attention.high_pass_gain, std=0.2)
+    folder = tmp_path / "freqvit-tiny"
+    model.save_pretrained(folder)
+    saved = sorted(path.name for path in folder.iterdir())
+    for module in ("modeling_freqvit.py", "configuration_freqvit.py", "reduction_frequency.py", "token_schedule.py"):
+        assert module in saved
+    assert "model.safetensors" in saved
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_freqvit.FreqViTForImageClassification"
+
+    pixels = torch.randn(2, 3, 64, 64)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        torch.save(model(pixels).logits, tmp_path / "logits.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "logits.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) == 0.0
