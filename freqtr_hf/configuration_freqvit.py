@@ -3,10 +3,13 @@
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_schedule import ReductionStage, check_stages, patch_grid
+from .token_schedule import MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, patch_grid
 
 
-REDUCTION_METHODS = ("none", "freq")
+REDUCTION_METHODS = ("none", "freq", "evit", *PRUNING_METHODS, *MERGING_METHODS)
+# The methods that need no training: they run on any pretrained ViT as it is.
+TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
+RADIAL_NORMS = ("l1", "l2", "linf")
 DC_UPDATES = ("count_weighted", "token_mean")
 DC_EMPTY_FILLS = ("global_mean", "zeros")
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
@@ -22,8 +25,9 @@ class FreqViTConfig(ViTConfig):
     inconsistent value raises `ValueError` naming the field.
 
     reduction_method (`str`, defaults to `"freq"`):
-        `"freq"` (frequency-aware: keep high-frequency tokens, average the rest into DC tokens) or `"none"`
-        (the plain ViT).
+        `"freq"` (frequency-aware: keep high-frequency tokens, average the rest into DC tokens), `"none"` (the plain
+        ViT), or a baseline: `"topk"`, `"evit"`, `"tome"`, `"kmedoids"`, `"dpcknn"`, `"ats"`, `"dynamicvit"`,
+        `"sit"`, `"patchmerger"`, `"sinkhorn"`, `"radial"` (see the README for each one's keep rule).
     reduction_layers (`list[int]`, defaults to `(3, 6, 9)`):
         0-based indices of the blocks after whose attention (+ residual, before the MLP) tokens are reduced.
     keep_rate (`float` or `list[float]`, defaults to `0.7`):
@@ -43,6 +47,15 @@ class FreqViTConfig(ViTConfig):
     dc_empty_fill (`str`, defaults to `"global_mean"`):
         Value of a DC window that received no token: `"global_mean"` (mean of all low-frequency content) or
         `"zeros"`. Either way every image has the same number of tokens.
+    tome_r (`int`, *optional*):
+        ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
+        `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
+    radial_norm (`str`, defaults to `"l2"`):
+        Distance to the image centre for `"radial"`: `"l1"`, `"l2"` or `"linf"`.
+    cluster_iterations (`int`, defaults to 3): k-medoids iterations.
+    dpc_neighbours (`int`, defaults to 5): neighbours for the DPC-KNN density.
+    sinkhorn_iterations (`int`, defaults to 3): Sinkhorn normalisation rounds.
+    dynamicvit_ratio_weight (`float`, defaults to 2.0): weight of DynamicViT's keep-ratio loss.
     """
 
     model_type = "freqvit"
@@ -55,6 +68,12 @@ class FreqViTConfig(ViTConfig):
     dc_position_embedding: bool = True
     dc_update: str = "count_weighted"
     dc_empty_fill: str = "global_mean"
+    tome_r: int | None = None
+    radial_norm: str = "l2"
+    cluster_iterations: int = 3
+    dpc_neighbours: int = 5
+    sinkhorn_iterations: int = 3
+    dynamicvit_ratio_weight: float | int = 2.0
 
     def __post_init__(self, **kwargs):
         self.reduction_layers = tuple(self.reduction_layers)
@@ -68,6 +87,12 @@ class FreqViTConfig(ViTConfig):
         _check_choice("reduction_method", self.reduction_method, REDUCTION_METHODS)
         _check_choice("dc_update", self.dc_update, DC_UPDATES)
         _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)
+        _check_choice("radial_norm", self.radial_norm, RADIAL_NORMS)
+        if self.tome_r is not None and (self.reduction_method != "tome" or self.tome_r < 1):
+            raise ValueError(f"tome_r: a positive number of tokens for reduction_method 'tome', got {self.tome_r}")
+        for name in ("cluster_iterations", "dpc_neighbours", "sinkhorn_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         layers = self.reduction_layers
         if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
             raise ValueError(
@@ -103,6 +128,8 @@ class FreqViTConfig(ViTConfig):
         """The layers that actually reduce: none for `"none"`, and never a layer whose keep rate is 1.0."""
         if self.reduction_method == "none":
             return []
+        if self.tome_r is not None:
+            return [ReductionStage(layer, 1.0, remove=self.tome_r) for layer in range(self.num_hidden_layers)]
         return [
             ReductionStage(layer, rate, size)
             for layer, rate, size in zip(self.reduction_layers, self.keep_rates, self.dc_window_sizes)

@@ -1,19 +1,18 @@
-"""FreqViT: transformers' ViT with token-reducing blocks (frequency-aware token reduction, Lee et al., NeurIPS 2025).
+"""FreqViT: transformers' ViT with token-reducing blocks (frequency-aware token reduction, Lee et al., NeurIPS 2025,
+and the baselines of "Which Tokens to Use?").
 
-The model plumbing is method-agnostic: a block that reduces calls its `token_reducer` with the hidden states, the
-attention probabilities and the `TokenState`; the reduction math lives in the `reduction_*` modules.
-
-Sequence layout everywhere: `[CLS, candidates, merged]`, where candidates are original patches (their patch index is
-tracked) and merged tokens (e.g. DC tokens) stand for several patches (their patch count is tracked).
+The model plumbing is method-agnostic: a block that reduces calls its `token_reducer` (see `reducers.py`) with the
+hidden states, the attention maps and the `TokenState`; the reduction math lives in the `reduction_*` modules.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import (
@@ -24,162 +23,17 @@ from transformers.models.vit.modeling_vit import (
     ViTPreTrainedModel,
     eager_attention_forward,
 )
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
-from .reduction_frequency import (
-    high_frequency_scores,
-    merge_into_dc_tokens,
-    split_by_score,
-    window_index,
-    window_transfer,
-)
-from .token_schedule import ReductionStage, check_stages, kept_count
+from .reducers import TOKEN_REDUCERS, DPCKNNReducer
+from .token_schedule import check_stages
+from .token_state import AttentionMaps, TokenProvenance, TokenState
 
 
 # FreqViT keeps ViT's module names, so ViT's renaming of the Hub's legacy keys (`encoder.layer.N.attention.attention.
 # query` -> `layers.N.attention.q_proj`, ...) applies; transformers applies it to its own classes only.
 register_checkpoint_conversion_mapping("freqvit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
-
-
-@dataclass
-class TokenProvenance:
-    """Where the original patches went at one reduction stage.
-
-    layer: the block after whose attention the reduction happened.
-    patch_to_token: (B, P) LongTensor, for every original patch (row-major on the patch grid) the index, in the
-        sequence after this stage, of the token that carries it; -1 if it was dropped.
-    num_kept: kept patches are tokens `1 … num_kept` (after CLS); higher indices are merged tokens (DC tokens).
-    """
-
-    layer: int
-    patch_to_token: torch.LongTensor
-    num_kept: int
-
-    @property
-    def kept(self) -> torch.BoolTensor:
-        """(B, P): the patches that are tokens of their own after this stage."""
-        return (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
-
-    @property
-    def merged(self) -> torch.BoolTensor:
-        """(B, P): the patches averaged into a merged (DC) token."""
-        return self.patch_to_token > self.num_kept
-
-
-@dataclass
-class TokenState:
-    """What the blocks know about the current sequence `[CLS, candidates, merged]`.
-
-    grid: (rows, cols) of the original patch grid.
-    patch_ids: (B, m) original patch index of every candidate token.
-    merged_sizes: (B, d) number of original patches each merged token stands for, or None before any merging.
-    patch_to_token: (B, P) provenance map when tracked (see `TokenProvenance`), else None.
-    provenance: one `TokenProvenance` per stage so far, when tracked.
-    """
-
-    grid: tuple[int, int]
-    patch_ids: torch.LongTensor
-    merged_sizes: torch.Tensor | None = None
-    patch_to_token: torch.LongTensor | None = None
-    provenance: tuple[TokenProvenance, ...] = field(default=())
-
-    @classmethod
-    def initial(cls, batch_size: int, grid: tuple[int, int], device, track_provenance: bool) -> "TokenState":
-        num_patches = grid[0] * grid[1]
-        patch_ids = torch.arange(num_patches, device=device).expand(batch_size, -1)
-        return cls(grid, patch_ids, patch_to_token=patch_ids + 1 if track_provenance else None)
-
-    @property
-    def num_candidates(self) -> int:
-        return self.patch_ids.shape[1]
-
-    @property
-    def num_merged(self) -> int:
-        return 0 if self.merged_sizes is None else self.merged_sizes.shape[1]
-
-    def after_reduction(
-        self,
-        layer: int,
-        patch_ids: torch.LongTensor,
-        merged_sizes: torch.Tensor | None,
-        token_to_new: torch.LongTensor | None,
-    ) -> "TokenState":
-        """The state after a reduction; `token_to_new` (B, n) gives each old token's new index (-1: dropped)."""
-        state = replace(self, patch_ids=patch_ids, merged_sizes=merged_sizes)
-        if self.patch_to_token is None:
-            return state
-        new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
-        patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
-        stage = TokenProvenance(layer, patch_to_token, patch_ids.shape[1])
-        return replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))
-
-
-def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
-    """tokens (B, n, C), index (B, k) -> (B, k, C)."""
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
-
-
-class FrequencyTokenReducer(nn.Module):
-    """One stage of frequency-aware reduction: keep the high-frequency candidates, average the rest into DC tokens.
-
-    DC tokens persist: those of the previous stage are folded (count-weighted) into the window holding their centre.
-    """
-
-    def __init__(self, config: FreqViTConfig, stage: ReductionStage, previous_stage: ReductionStage | None):
-        super().__init__()
-        self.stage = stage
-        self.previous_window_size = previous_stage.window_size if previous_stage is not None else None
-        self.count_weighted = config.dc_update == "count_weighted"
-        self.fill_global_mean = config.dc_empty_fill == "global_mean"
-        num_windows = stage.window_size**2
-        self.dc_position_embeddings = (
-            nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
-        )
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_probs: torch.Tensor, tokens: TokenState
-    ) -> tuple[torch.Tensor, TokenState]:
-        """hidden_states (B, 1 + m + d, C), attention_probs (B, h, n, n) -> reduced (B, 1 + k + w², C)."""
-        num_candidates, window_size = tokens.num_candidates, self.stage.window_size
-        num_keep = kept_count(num_candidates, self.stage.keep_rate)
-        scores = high_frequency_scores(attention_probs)[:, 1 : 1 + num_candidates]
-        keep_idx, low_idx = split_by_score(scores, num_keep)
-
-        candidates = hidden_states[:, 1 : 1 + num_candidates]
-        candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]
-        low_windows = candidate_windows.gather(1, low_idx)
-        old_dc_windows = None
-        if tokens.num_merged:
-            old_dc_windows = window_transfer(tokens.grid, self.previous_window_size, window_size, hidden_states.device)
-        dc_tokens, dc_sizes = merge_into_dc_tokens(
-            gather_tokens(candidates, low_idx),
-            low_windows,
-            window_size**2,
-            hidden_states[:, 1 + num_candidates :] if tokens.num_merged else None,
-            tokens.merged_sizes,
-            old_dc_windows,
-            count_weighted=self.count_weighted,
-            fill_global_mean=self.fill_global_mean,
-        )
-        if self.dc_position_embeddings is not None:
-            dc_tokens = dc_tokens + self.dc_position_embeddings
-        reduced = torch.cat([hidden_states[:, :1], gather_tokens(candidates, keep_idx), dc_tokens], dim=1)
-
-        token_to_new = None
-        if tokens.patch_to_token is not None:
-            token_to_new = torch.zeros(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
-            kept_positions = torch.arange(1, 1 + num_keep, device=hidden_states.device).expand_as(keep_idx)
-            token_to_new.scatter_(1, 1 + keep_idx, kept_positions)
-            token_to_new.scatter_(1, 1 + low_idx, 1 + num_keep + low_windows)
-            if tokens.num_merged:
-                token_to_new[:, 1 + num_candidates :] = 1 + num_keep + old_dc_windows
-        patch_ids = tokens.patch_ids.gather(1, keep_idx)
-        return reduced, tokens.after_reduction(self.stage.layer, patch_ids, dc_sizes, token_to_new)
-
-
-TOKEN_REDUCERS = {"freq": FrequencyTokenReducer}
 
 
 class FreqViTAttention(ViTAttention):
@@ -204,9 +58,10 @@ class FreqViTAttention(ViTAttention):
         num_merged: int = 0,
         need_weights: bool = False,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states (B, n, C), the last `num_merged` tokens being DC tokens -> (B, n, C) and, when
-        `need_weights`, the attention probabilities (B, h, n, n) before reweighting."""
+    ) -> tuple[torch.Tensor, AttentionMaps | None]:
+        """hidden_states (B, n, C), the last `num_merged` tokens being DC tokens, and an additive bias on the
+        attention logits (B, 1, 1, n) -> (B, n, C) and, when `need_weights`, the attention maps (probabilities
+        (B, h, n, n) before reweighting, keys, values)."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -240,7 +95,8 @@ class FreqViTAttention(ViTAttention):
             low_pass = value_states.mean(dim=2)[:, None] * self.high_pass_gain[:, None].to(value_states.dtype)
             attn_output = attn_output - low_pass
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.o_proj(attn_output), attn_weights
+        maps = AttentionMaps(attn_weights, key_states, value_states) if need_weights else None
+        return self.o_proj(attn_output), maps
 
 
 class FreqViTLayer(GradientCheckpointingLayer):
@@ -257,8 +113,7 @@ class FreqViTLayer(GradientCheckpointingLayer):
         index = next((i for i, stage in enumerate(stages) if stage.layer == layer_idx), None)
         self.token_reducer = None
         if index is not None:
-            reducer_class = TOKEN_REDUCERS[config.reduction_method]
-            self.token_reducer = reducer_class(config, stages[index], stages[index - 1] if index else None)
+            self.token_reducer = TOKEN_REDUCERS[config.reduction_method](config, stages, index)
 
     def forward(
         self,
@@ -271,17 +126,18 @@ class FreqViTLayer(GradientCheckpointingLayer):
         need_weights = output_attentions or self.token_reducer is not None
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, attention_probs = self.attention(hidden_states, tokens.num_merged, need_weights)
+        bias = tokens.attention_bias(hidden_states.dtype)
+        hidden_states, maps = self.attention(hidden_states, tokens.num_merged, need_weights, bias)
         hidden_states = self.dropout(hidden_states) + residual
 
         if self.token_reducer is not None:
-            hidden_states, tokens = self.token_reducer(hidden_states, attention_probs, tokens)
+            hidden_states, tokens = self.token_reducer(hidden_states, maps, tokens)
 
         residual = hidden_states
         hidden_states = self.layernorm_after(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, tokens, attention_probs
+        return hidden_states, tokens, maps.probs if maps is not None else None
 
 
 @dataclass
@@ -294,16 +150,20 @@ class FreqViTModelOutput(BaseModelOutputWithPooling):
     attentions: when asked, each block's attention probabilities (B, h, n, n) over its *input* sequence, before
         the ω reweighting.
     token_provenance: when asked, one `TokenProvenance` per reduction stage.
+    auxiliary_loss: in training, the loss terms the reduction method adds (DynamicViT's keep-ratio loss), else None.
     """
 
     token_provenance: tuple[TokenProvenance, ...] | None = None
+    auxiliary_loss: torch.FloatTensor | None = None
 
 
 @dataclass
 class FreqViTImageClassifierOutput(ImageClassifierOutput):
-    """`ImageClassifierOutput` with the per-stage `token_provenance` (see `FreqViTModelOutput`)."""
+    """`ImageClassifierOutput` with `token_provenance` and `auxiliary_loss` (see `FreqViTModelOutput`); `loss`
+    already includes `auxiliary_loss`."""
 
     token_provenance: tuple[TokenProvenance, ...] | None = None
+    auxiliary_loss: torch.FloatTensor | None = None
 
 
 class FreqViTPreTrainedModel(ViTPreTrainedModel):
@@ -315,11 +175,19 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        # the reduction parameters start at zero, so a pretrained ViT is unchanged until fine-tuning moves them
+        # the frequency method's parameters start at zero, so a pretrained ViT is unchanged until fine-tuning
         for name in ("high_pass_gain", "dc_gain", "dc_position_embeddings"):
             parameter = getattr(module, name, None)
             if isinstance(parameter, nn.Parameter):
                 init.zeros_(parameter)
+        # DPC-KNN's token score starts at zero: plain cluster means until fine-tuning
+        if isinstance(module, DPCKNNReducer):
+            init.zeros_(module.token_score.weight)
+            init.zeros_(module.token_score.bias)
+        for name in ("queries", "centres"):  # PatchMerger's queries, Sinkhorn's centres
+            parameter = getattr(module, name, None)
+            if isinstance(parameter, nn.Parameter):
+                init.trunc_normal_(parameter, std=self.config.initializer_range)
 
 
 class FreqViTModel(FreqViTPreTrainedModel):
@@ -403,6 +271,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
             token_provenance=tokens.provenance if output_token_provenance else None,
+            auxiliary_loss=tokens.auxiliary_loss,
         )
 
 
@@ -440,12 +309,15 @@ class FreqViTForImageClassification(FreqViTPreTrainedModel):
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0, :])
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        if loss is not None and outputs.auxiliary_loss is not None:
+            loss = loss + outputs.auxiliary_loss
         return FreqViTImageClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             token_provenance=outputs.token_provenance,
+            auxiliary_loss=outputs.auxiliary_loss,
         )
 
 

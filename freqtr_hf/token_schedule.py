@@ -8,25 +8,41 @@ import math
 from dataclasses import dataclass
 
 
+# Pruning keeps candidates and drops the rest; merging turns every non-CLS token into k merged tokens.
+PRUNING_METHODS = ("topk", "radial", "ats", "dynamicvit")
+MERGING_METHODS = ("tome", "kmedoids", "dpcknn", "sit", "patchmerger", "sinkhorn")
+
+
 @dataclass(frozen=True)
 class ReductionStage:
-    """One reduction step: after the attention of block `layer`, keep `keep_rate` of the candidates."""
+    """One reduction step after the attention of block `layer`: keep `keep_rate` of the reducible tokens, or,
+    with `remove` set (ToMe's per-layer form), all but `remove` of them. `window_size`: DC windows (`freq`)."""
 
     layer: int
     keep_rate: float
-    window_size: int
+    window_size: int = 1
+    remove: int | None = None
+
+    def kept(self, count: int) -> int:
+        """Tokens left of `count` reducible ones: `⌊keep_rate · count⌋` (robust to float error: 0.29 · 100 is
+        28.999…), or `count − remove`."""
+        if self.remove is not None:
+            return count - self.remove
+        return math.floor(self.keep_rate * count + 1e-6)
 
 
-def kept_count(num_candidates: int, keep_rate: float) -> int:
-    """`⌊keep_rate · num_candidates⌋`, robust to float error (0.29 · 100 is 28.999…)."""
-    return math.floor(keep_rate * num_candidates + 1e-6)
+def stage_output(method: str, stage: ReductionStage, candidates: int, merged: int) -> tuple[int, int]:
+    """(candidates, merged tokens) after a stage, from those before it. The keep rule of every method:
 
-
-def merged_count(method: str, stage: ReductionStage) -> int:
-    """Merged tokens after a stage: the frequency method keeps one DC token per window, `w²` in all."""
-    if method == "freq":
-        return stage.window_size**2
-    raise ValueError(f"reduction_method {method!r} has no token schedule")
+    - pruning (`topk`, `radial`, `ats` at most, `dynamicvit` at inference): keep `⌊r·m⌋` of the m candidates;
+    - `evit`: the same, plus one fused token for the rest; `freq`: the same, plus `w²` DC tokens;
+    - merging (`tome`, `kmedoids`, `dpcknn`, `sit`, `patchmerger`, `sinkhorn`): all non-CLS tokens become
+      `⌊r·(m + d)⌋` merged tokens.
+    """
+    if method in MERGING_METHODS:
+        return 0, stage.kept(candidates + merged)
+    extra = {"freq": stage.window_size**2, "evit": 1}.get(method, 0)
+    return stage.kept(candidates), extra
 
 
 def pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -42,8 +58,8 @@ def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, i
 
 def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> None:
     """Raise `ValueError` naming the field when a schedule cannot run on a patch grid."""
-    num_candidates = grid[0] * grid[1]
-    if num_candidates == 0:
+    candidates, merged = grid[0] * grid[1], 0
+    if candidates == 0:
         raise ValueError(f"image_size: the image holds no whole patch (patch grid {grid[0]}x{grid[1]})")
     for stage in stages:
         if method == "freq" and stage.window_size > min(grid):
@@ -51,13 +67,12 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
                 f"dc_window_sizes: {stage.window_size}x{stage.window_size} DC windows at layer {stage.layer} "
                 f"need a patch grid of at least that size, got {grid[0]}x{grid[1]} patches"
             )
-        kept = kept_count(num_candidates, stage.keep_rate)
-        if kept == 0:
-            raise ValueError(
-                f"keep_rate: {stage.keep_rate} of {num_candidates} candidate tokens at layer {stage.layer} "
-                "keeps no token"
-            )
-        num_candidates = kept
+        reducible = candidates + merged if method in MERGING_METHODS else candidates
+        candidates, merged = stage_output(method, stage, candidates, merged)
+        if (candidates + merged if method in MERGING_METHODS else candidates) <= 0:
+            field = "tome_r" if stage.remove is not None else "keep_rate"
+            rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
+            raise ValueError(f"{field}: {rule} of {reducible} tokens at layer {stage.layer} leaves no token")
 
 
 def sequence_lengths(
@@ -70,7 +85,15 @@ def sequence_lengths(
     for layer in range(num_layers):
         attention_length = 1 + candidates + merged
         if layer in by_layer:
-            candidates = kept_count(candidates, by_layer[layer].keep_rate)
-            merged = merged_count(method, by_layer[layer])
+            candidates, merged = stage_output(method, by_layer[layer], candidates, merged)
         lengths.append((attention_length, 1 + candidates + merged))
     return lengths
+
+
+def merged_counts(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> list[int]:
+    """Merged tokens after each stage on a grid: the output size of the learned merging modules."""
+    candidates, merged, counts = grid[0] * grid[1], 0, []
+    for stage in stages:
+        candidates, merged = stage_output(method, stage, candidates, merged)
+        counts.append(merged)
+    return counts

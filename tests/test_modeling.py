@@ -67,7 +67,7 @@ def test_reweighting_equals_the_explicit_attention_formula():
     torch.nn.init.normal_(attention.dc_gain)
     hidden = torch.randn(2, 9, config.hidden_size)
     num_dc = 2
-    output, probs = attention(hidden, num_merged=num_dc, need_weights=True)
+    output, maps = attention(hidden, num_merged=num_dc, need_weights=True)
 
     heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
     split = lambda x: x.view(2, 9, heads, head_dim).transpose(1, 2)  # noqa: E731
@@ -79,7 +79,7 @@ def test_reweighting_equals_the_explicit_attention_formula():
     dc_columns[-num_dc:] = 1
     a_hat = a + w1 * (a - 1 / 9) + w2 * a * dc_columns
     expected = attention.o_proj((a_hat @ v).transpose(1, 2).reshape(2, 9, -1))
-    torch.testing.assert_close(probs, a)
+    torch.testing.assert_close(maps.probs, a)
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     # the same through sdpa, which never returns the attention matrix
     attention.config._attn_implementation = "sdpa"

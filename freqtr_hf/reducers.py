@@ -1,0 +1,322 @@
+"""One token reducer per method: the module a reducing block calls after its attention + residual.
+
+A reducer takes the hidden states (B, n, C), the block's `AttentionMaps` and the `TokenState`, and returns the
+reduced hidden states and the new state, always through `TokenState.reduce`. It holds the method's parameters, if
+any; the math is in the `reduction_*` modules. Adding a method means adding a class here and a name to the
+registry; the attention and layer code stay as they are.
+"""
+
+import torch
+from torch import nn
+
+from .reduction_clustering import cluster_means, density_peak_centres, k_medoids, pairwise_distances
+from .reduction_frequency import high_frequency_scores, merge_into_dc_tokens, split_by_score, window_index, window_transfer
+from .reduction_learned import KeepPredictor, sinkhorn_assignment, soft_merge
+from .reduction_merging import merge_to_count
+from .reduction_pruning import (
+    adaptive_sample,
+    cls_attention_scores,
+    fuse_tokens,
+    gumbel_keep_decisions,
+    radial_scores,
+    top_k_in_order,
+)
+from .token_schedule import ReductionStage, merged_counts, patch_grid
+from .token_state import AttentionMaps, TokenState, gather_tokens
+
+
+class TokenReducer(nn.Module):
+    """Base of the reducers: the stage it runs and the one before it (`None` for the first)."""
+
+    def __init__(self, config, stages: list[ReductionStage], index: int):
+        super().__init__()
+        self.stage = stages[index]
+        self.previous_stage = stages[index - 1] if index else None
+
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState):
+        raise NotImplementedError
+
+
+def _empty_keep(hidden_states: torch.Tensor) -> torch.LongTensor:
+    return torch.zeros(hidden_states.shape[0], 0, dtype=torch.long, device=hidden_states.device)
+
+
+def _merge_target(tokens: TokenState, length: int, assignment: torch.LongTensor, first: int) -> torch.LongTensor | None:
+    """merge_target for `TokenState.reduce` when tokens `first …` of the old sequence went to `assignment`."""
+    if tokens.patch_to_token is None:
+        return None
+    target = torch.full((assignment.shape[0], length), -1, dtype=torch.long, device=assignment.device)
+    target[:, first:] = assignment
+    return target
+
+
+class FrequencyReducer(TokenReducer):
+    """Frequency-aware: keep the high-frequency candidates, average the rest into `w × w` DC tokens. DC tokens
+    persist: those of the previous stage fold into the window holding their centre."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.count_weighted = config.dc_update == "count_weighted"
+        self.fill_global_mean = config.dc_empty_fill == "global_mean"
+        num_windows = self.stage.window_size**2
+        self.dc_position_embeddings = (
+            nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
+        )
+
+    def forward(self, hidden_states, maps, tokens):
+        num_candidates, window_size = tokens.num_candidates, self.stage.window_size
+        scores = high_frequency_scores(maps.probs)[:, 1 : 1 + num_candidates]
+        keep_idx, low_idx = split_by_score(scores, self.stage.kept(num_candidates))
+        candidates = hidden_states[:, 1 : 1 + num_candidates]
+        candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]
+        low_windows = candidate_windows.gather(1, low_idx)
+        old_dc, old_dc_windows = None, None
+        if tokens.num_merged:
+            old_dc = hidden_states[:, 1 + num_candidates :]
+            old_dc_windows = window_transfer(
+                tokens.grid, self.previous_stage.window_size, window_size, hidden_states.device
+            )
+        dc_tokens, dc_sizes = merge_into_dc_tokens(
+            gather_tokens(candidates, low_idx),
+            low_windows,
+            window_size**2,
+            old_dc,
+            tokens.merged_sizes,
+            old_dc_windows,
+            count_weighted=self.count_weighted,
+            fill_global_mean=self.fill_global_mean,
+        )
+        if self.dc_position_embeddings is not None:
+            dc_tokens = dc_tokens + self.dc_position_embeddings
+        merge_target = None
+        if tokens.patch_to_token is not None:
+            merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=hidden_states.device)
+            merge_target.scatter_(1, 1 + low_idx, low_windows)
+            if tokens.num_merged:
+                merge_target[:, 1 + num_candidates :] = old_dc_windows
+        return tokens.reduce(self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target)
+
+
+class TopKReducer(TokenReducer):
+    """Top-K: keep the candidates the CLS token attends to most (head-averaged); drop the rest."""
+
+    def scores(self, maps: AttentionMaps, tokens: TokenState) -> torch.Tensor:
+        return cls_attention_scores(maps.probs)[:, 1 : 1 + tokens.num_candidates]
+
+    def forward(self, hidden_states, maps, tokens):
+        keep_idx = top_k_in_order(self.scores(maps, tokens), self.stage.kept(tokens.num_candidates))
+        return tokens.reduce(self.stage.layer, hidden_states, keep_idx)
+
+
+class RadialReducer(TopKReducer):
+    """Static pattern: keep the patches closest to the image centre (L1, L2 or L∞)."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.norm = config.radial_norm
+
+    def scores(self, maps, tokens):
+        return radial_scores(tokens.grid, self.norm, tokens.patch_ids.device)[tokens.patch_ids]
+
+
+class EViTReducer(TokenReducer):
+    """EViT: keep the top candidates by CLS attention; fuse the rest, and the earlier fused token, into one token:
+    their sum weighted by CLS attention."""
+
+    def forward(self, hidden_states, maps, tokens):
+        num_candidates = tokens.num_candidates
+        cls_attention = cls_attention_scores(maps.probs)[:, 1:]
+        keep_idx = top_k_in_order(cls_attention[:, :num_candidates], self.stage.kept(num_candidates))
+        fused = torch.ones_like(cls_attention, dtype=torch.bool).scatter_(1, keep_idx, False)
+        fused_token = fuse_tokens(hidden_states[:, 1:], torch.where(fused, cls_attention, 0.0))
+        fused_size = (tokens.token_sizes()[:, 1:] * fused).sum(1, keepdim=True)
+        merge_target = _merge_target(tokens, hidden_states.shape[1], torch.where(fused, 0, -1), first=1)
+        return tokens.reduce(self.stage.layer, hidden_states, keep_idx, fused_token, fused_size, merge_target)
+
+
+class ATSReducer(TokenReducer):
+    """ATS: significance = CLS attention × value norm (summed over heads); inverse-transform sampling at evenly
+    spaced quantiles keeps each image's own number of tokens; padding is masked out of attention."""
+
+    def forward(self, hidden_states, maps, tokens):
+        num_candidates = tokens.num_candidates
+        significance = (maps.probs[:, :, 0] * maps.values.norm(dim=-1)).sum(dim=1)[:, 1 : 1 + num_candidates]
+        valid = tokens.valid[:, 1 : 1 + num_candidates] if tokens.valid is not None else torch.ones_like(
+            significance, dtype=torch.bool
+        )
+        keep_idx, kept_valid = adaptive_sample(significance, self.stage.kept(num_candidates), valid)
+        new_valid = torch.cat([torch.ones_like(kept_valid[:, :1]), kept_valid], dim=1)
+        return tokens.reduce(
+            self.stage.layer, hidden_states, keep_idx, valid=new_valid, key_weights=new_valid.float()
+        )
+
+
+class DynamicViTReducer(TokenReducer):
+    """DynamicViT: a learned predictor scores every candidate. Training: hard Gumbel-softmax keep decisions mask
+    the attention (tokens are not removed) and a keep-ratio loss pulls the kept share to the target. Inference:
+    keep the candidates with the highest keep probability."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.predictor = KeepPredictor(config.hidden_size)
+        self.ratio_weight = config.dynamicvit_ratio_weight
+        self.target_ratio = 1.0
+        for stage in stages[: index + 1]:
+            self.target_ratio *= stage.keep_rate
+
+    def forward(self, hidden_states, maps, tokens):
+        num_candidates = tokens.num_candidates
+        candidates = hidden_states[:, 1 : 1 + num_candidates]
+        current = tokens.key_weights[:, 1 : 1 + num_candidates] if tokens.key_weights is not None else torch.ones(
+            candidates.shape[:2], device=candidates.device
+        )
+        logits = self.predictor(candidates, current)
+        if not self.training:
+            keep_idx = top_k_in_order(logits.softmax(-1)[..., 0], self.stage.kept(num_candidates))
+            return tokens.reduce(self.stage.layer, hidden_states, keep_idx)
+        decisions = gumbel_keep_decisions(logits) * current
+        ratio_loss = self.ratio_weight * (decisions.mean(dim=1) - self.target_ratio).pow(2).mean()
+        all_idx = torch.arange(num_candidates, device=candidates.device).expand(candidates.shape[0], -1)
+        key_weights = torch.cat([torch.ones_like(decisions[:, :1]), decisions], dim=1)
+        hidden_states, tokens = tokens.reduce(self.stage.layer, hidden_states, all_idx, key_weights=key_weights)
+        return hidden_states, tokens.with_auxiliary_loss(ratio_loss)
+
+
+class ToMeReducer(TokenReducer):
+    """ToMe: bipartite soft matching on head-averaged keys merges all non-CLS tokens down to the kept count,
+    size-weighted; later blocks use proportional attention (log size on the attention logits)."""
+
+    def forward(self, hidden_states, maps, tokens):
+        tokens_in = hidden_states[:, 1:]
+        count = tokens_in.shape[1]
+        merged, sizes, positions = merge_to_count(
+            tokens_in, maps.keys.mean(dim=1)[:, 1:], tokens.token_sizes()[:, 1:], self.stage.kept(count)
+        )
+        merge_target = _merge_target(tokens, hidden_states.shape[1], positions, first=1)
+        key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes], dim=1)
+        return tokens.reduce(
+            self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target,
+            key_weights=key_weights,
+        )
+
+
+class KMedoidsReducer(TokenReducer):
+    """K-Medoids: a few k-medoids iterations on the token features, started from the tokens that receive the most
+    attention; the sequence becomes the medoid tokens."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.iterations = config.cluster_iterations
+
+    def forward(self, hidden_states, maps, tokens):
+        tokens_in = hidden_states[:, 1:]
+        num_clusters = self.stage.kept(tokens_in.shape[1])
+        received = maps.probs.mean(dim=(1, 2))[:, 1:]
+        initial = received.topk(num_clusters, dim=1).indices.sort(dim=1).values
+        medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
+        sizes = torch.zeros_like(received).scatter_add_(1, assignment, tokens.token_sizes()[:, 1:])
+        sizes = sizes[:, :num_clusters]
+        merged = tokens_in.gather(1, medoids[..., None].expand(-1, -1, tokens_in.shape[-1]))
+        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
+        return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
+
+
+class DPCKNNReducer(TokenReducer):
+    """DPC-KNN: density-peaks clustering picks the centres, every token joins the nearest; each cluster becomes
+    the average of its tokens weighted by exp(learned score) (zero-initialised: a plain average at first)."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.neighbours = config.dpc_neighbours
+        self.token_score = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states, maps, tokens):
+        tokens_in = hidden_states[:, 1:]
+        num_clusters = self.stage.kept(tokens_in.shape[1])
+        _, assignment = density_peak_centres(pairwise_distances(tokens_in), num_clusters, self.neighbours)
+        sizes = tokens.token_sizes()[:, 1:]
+        weights = self.token_score(tokens_in).squeeze(-1).float().exp() * sizes
+        merged, _ = cluster_means(tokens_in, assignment, weights, num_clusters)
+        merged_sizes = torch.zeros_like(sizes).scatter_add_(1, assignment, sizes)[:, :num_clusters]
+        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
+        return tokens.reduce(
+            self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, merged_sizes, merge_target
+        )
+
+
+class SoftMergeReducer(TokenReducer):
+    """Soft merging into a fixed number of tokens (the kept count at the configured image size): every output is a
+    weighted sum of all non-CLS tokens, the weights a softmax over tokens of `assignment_logits`."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        grid = patch_grid(config.image_size, config.patch_size)
+        self.num_outputs = merged_counts(config.reduction_method, stages, grid)[index]
+
+    def assignment_logits(self, tokens_in: torch.Tensor) -> torch.Tensor:
+        """(B, t, C) -> (B, t, k)."""
+        raise NotImplementedError
+
+    def forward(self, hidden_states, maps, tokens):
+        tokens_in = hidden_states[:, 1:]
+        logits = self.assignment_logits(tokens_in)
+        merged, sizes = soft_merge(tokens_in, logits, tokens.token_sizes()[:, 1:])
+        merge_target = _merge_target(tokens, hidden_states.shape[1], logits.argmax(dim=-1), first=1)
+        return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
+
+
+class SiTReducer(SoftMergeReducer):
+    """SiT: an MLP predicts each token's assignment logits to the output tokens."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.assign = nn.Sequential(
+            nn.LayerNorm(config.hidden_size),
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, self.num_outputs),
+        )
+
+    def assignment_logits(self, tokens_in):
+        return self.assign(tokens_in)
+
+
+class PatchMergerReducer(SoftMergeReducer):
+    """PatchMerger: learnable queries attend over the (normalised) tokens."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.queries = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
+
+    def assignment_logits(self, tokens_in):
+        return self.norm(tokens_in) @ self.queries.T * tokens_in.shape[-1] ** -0.5
+
+
+class SinkhornReducer(SoftMergeReducer):
+    """Sinkhorn: cosine scores against learnable cluster centres, Sinkhorn-normalised into an assignment."""
+
+    def __init__(self, config, stages, index):
+        super().__init__(config, stages, index)
+        self.centres = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
+        self.iterations = config.sinkhorn_iterations
+
+    def assignment_logits(self, tokens_in):
+        cosine = nn.functional.normalize(tokens_in.float(), dim=-1) @ nn.functional.normalize(self.centres, dim=-1).T
+        return sinkhorn_assignment(cosine, self.iterations)
+
+
+TOKEN_REDUCERS: dict[str, type[TokenReducer]] = {
+    "freq": FrequencyReducer,
+    "topk": TopKReducer,
+    "radial": RadialReducer,
+    "evit": EViTReducer,
+    "ats": ATSReducer,
+    "dynamicvit": DynamicViTReducer,
+    "tome": ToMeReducer,
+    "kmedoids": KMedoidsReducer,
+    "dpcknn": DPCKNNReducer,
+    "sit": SiTReducer,
+    "patchmerger": PatchMergerReducer,
+    "sinkhorn": SinkhornReducer,
+}

@@ -1,0 +1,66 @@
+"""Clustering-family reductions (K-Medoids, DPC-KNN) as plain functions on tensors.
+
+Shapes: B batch, t tokens, C channels, k clusters.
+"""
+
+import torch
+
+
+def pairwise_distances(tokens: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (B, t, t) between the tokens (B, t, C), computed in fp32."""
+    tokens = tokens.float()
+    return torch.cdist(tokens, tokens)
+
+
+def k_medoids(distances: torch.Tensor, initial: torch.LongTensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few k-medoids iterations from the initial medoids (B, k) on distances (B, t, t).
+
+    Each token joins its nearest medoid; each cluster's new medoid is the member with the least summed distance to
+    the other members. Returns the medoids (B, k) and every token's cluster (B, t).
+    """
+    medoids = initial
+    num_clusters = medoids.shape[1]
+    for _ in range(iterations + 1):
+        to_medoids = distances.gather(2, medoids[:, None, :].expand(-1, distances.shape[1], -1))
+        assignment = to_medoids.argmin(dim=-1)
+        assignment.scatter_(1, medoids, torch.arange(num_clusters, device=medoids.device).expand_as(medoids))
+        membership = torch.nn.functional.one_hot(assignment, num_clusters).to(distances.dtype)  # (B, t, k)
+        cost = distances @ membership  # summed distance of each token to each cluster's members
+        cost = torch.where(membership > 0, cost, torch.inf)
+        medoids = cost.argmin(dim=1)
+    return medoids, assignment
+
+
+def density_peak_centres(
+    distances: torch.Tensor, num_clusters: int, neighbours: int
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """DPC-KNN: density from the k nearest neighbours, distance to the nearest denser token, centres where their
+    product is highest; every other token joins its nearest centre.
+
+    distances: (B, t, t). Returns the centres (B, k) and every token's cluster (B, t).
+    """
+    count = distances.shape[1]
+    scale = distances.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    nearest = distances.topk(min(neighbours + 1, count), dim=-1, largest=False).values[..., 1:]
+    density = (-(nearest / scale).pow(2).mean(dim=-1)).exp()
+    density = density + 1e-6 * torch.linspace(1, 0, count, device=distances.device)  # break ties by position
+    denser = density[:, None, :] > density[:, :, None]
+    to_denser = torch.where(denser, distances, torch.inf).amin(dim=-1)
+    to_denser = torch.where(torch.isinf(to_denser), distances.amax(dim=-1), to_denser)
+    centres = (density * to_denser).topk(num_clusters, dim=-1).indices.sort(dim=-1).values
+    to_centres = distances.gather(2, centres[:, None, :].expand(-1, count, -1))
+    assignment = to_centres.argmin(dim=-1)
+    assignment.scatter_(1, centres, torch.arange(num_clusters, device=centres.device).expand_as(centres))
+    return centres, assignment
+
+
+def cluster_means(
+    tokens: torch.Tensor, assignment: torch.LongTensor, weights: torch.Tensor, num_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean of every cluster's tokens: (B, t, C), (B, t), (B, t) -> (B, k, C) and the summed weights."""
+    channels = tokens.shape[-1]
+    weighted = tokens.float() * weights[..., None]
+    sums = weighted.new_zeros(tokens.shape[0], num_clusters, channels)
+    sums.scatter_add_(1, assignment[..., None].expand(-1, -1, channels), weighted)
+    totals = weights.new_zeros(tokens.shape[0], num_clusters).scatter_add_(1, assignment, weights)
+    return (sums / totals.clamp_min(1e-12)[..., None]).to(tokens.dtype), totals

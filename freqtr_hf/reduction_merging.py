@@ -1,0 +1,59 @@
+"""ToMe's token merging (bipartite soft matching with size-weighted averages) as plain functions on tensors.
+
+Shapes: B batch, t tokens being merged, c key channels, C channels.
+"""
+
+import torch
+
+
+def bipartite_merge_plan(keys: torch.Tensor, num_merge: int) -> torch.LongTensor:
+    """One round of bipartite soft matching: tokens alternate between sets A (even positions) and B (odd); each A
+    token picks its most similar B token (cosine of keys); the `num_merge` best pairs merge.
+
+    keys: (B, t, c). Returns (B, t) the new position of every token: unmerged A tokens first (in order), then the
+    B tokens; a merged A token gets its partner's position. `num_merge` is at most the size of A.
+    """
+    keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    set_a, set_b = keys[:, ::2], keys[:, 1::2]
+    similarity = set_a @ set_b.transpose(1, 2)
+    best, partner = similarity.max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)
+    merged_a, unmerged_a = order[:, :num_merge], order[:, num_merge:].sort(dim=-1).values
+    num_unmerged = unmerged_a.shape[1]
+    positions_a = torch.empty_like(partner)
+    positions_a.scatter_(1, unmerged_a, torch.arange(num_unmerged, device=keys.device).expand_as(unmerged_a))
+    positions_a.scatter_(1, merged_a, num_unmerged + partner.gather(1, merged_a))
+    positions_b = num_unmerged + torch.arange(set_b.shape[1], device=keys.device).expand(keys.shape[0], -1)
+    positions = torch.empty(keys.shape[:2], dtype=torch.long, device=keys.device)
+    positions[:, ::2], positions[:, 1::2] = positions_a, positions_b
+    return positions
+
+
+def merge_by_position(
+    tokens: torch.Tensor, sizes: torch.Tensor, positions: torch.LongTensor, num_out: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average of the tokens that share a new position: (B, t, C), (B, t), (B, t) ->
+    (B, num_out, C) and the summed sizes (B, num_out)."""
+    channels = tokens.shape[-1]
+    weighted = tokens.float() * sizes[..., None]
+    sums = weighted.new_zeros(tokens.shape[0], num_out, channels)
+    sums.scatter_add_(1, positions[..., None].expand(-1, -1, channels), weighted)
+    new_sizes = sizes.new_zeros(tokens.shape[0], num_out).scatter_add_(1, positions, sizes)
+    return (sums / new_sizes[..., None]).to(tokens.dtype), new_sizes
+
+
+def merge_to_count(
+    tokens: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, num_out: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
+    """Merge tokens (B, t, C) with keys (B, t, c) and sizes (B, t) down to `num_out` tokens by rounds of bipartite
+    matching (one round merges at most half of them). Returns the tokens, their sizes and the new position of
+    every input token (B, t)."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+    while tokens.shape[1] > num_out:
+        count = tokens.shape[1]
+        step = bipartite_merge_plan(keys, min(count - num_out, (count + 1) // 2))
+        out = count - min(count - num_out, (count + 1) // 2)
+        tokens, new_sizes = merge_by_position(tokens, sizes, step, out)
+        keys, _ = merge_by_position(keys, sizes, step, out)
+        sizes, positions = new_sizes, step.gather(1, positions)
+    return tokens, sizes, positions

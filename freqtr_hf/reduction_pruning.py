@@ -1,0 +1,61 @@
+"""Pruning-family reductions (Top-K, EViT, radial, ATS, DynamicViT's selection) as plain functions on tensors.
+
+Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, K kept.
+"""
+
+import torch
+
+
+def cls_attention_scores(attention_probs: torch.Tensor) -> torch.Tensor:
+    """Attention from the CLS token to every token, averaged over heads: (B, h, n, n) -> (B, n)."""
+    return attention_probs[:, :, 0].mean(dim=1)
+
+
+def top_k_in_order(scores: torch.Tensor, num_keep: int) -> torch.LongTensor:
+    """Indices of the `num_keep` highest scores (B, m), in their original order: (B, num_keep)."""
+    return scores.topk(num_keep, dim=1).indices.sort(dim=1).values
+
+
+def fuse_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """EViT's fused token: the tokens' sum weighted by their CLS attention, (B, l, C), (B, l) -> (B, 1, C)."""
+    return (tokens * weights[..., None].to(tokens.dtype)).sum(dim=1, keepdim=True)
+
+
+def radial_scores(grid: tuple[int, int], norm: str = "l2", device: torch.device | None = None) -> torch.Tensor:
+    """Minus the distance of every patch centre to the image centre under the L1, L2 or L∞ norm: (P,).
+
+    Ties (equal distances) rank by patch index, so the pattern is deterministic.
+    """
+    rows, cols = grid
+    row = torch.arange(rows, device=device, dtype=torch.float64) - (rows - 1) / 2
+    col = torch.arange(cols, device=device, dtype=torch.float64) - (cols - 1) / 2
+    offsets = torch.stack(torch.meshgrid(row, col, indexing="ij"), dim=-1).reshape(-1, 2)
+    distance = {"l1": 1, "l2": 2, "linf": float("inf")}[norm]
+    scores = -torch.linalg.vector_norm(offsets, ord=distance, dim=-1)
+    return (scores - 1e-9 * torch.arange(rows * cols, device=device)).float()
+
+
+def adaptive_sample(scores: torch.Tensor, num_samples: int, valid: torch.BoolTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATS's inverse-transform sampling: `num_samples` evenly spaced quantiles of the distribution of the scores.
+
+    scores: (B, m) non-negative significance, valid: (B, m) False for padding. Tokens hit by several quantiles count
+    once, so each image keeps a different number. Returns indices (B, num_samples) (valid ones first, in original
+    order) and their validity (B, num_samples).
+    """
+    weights = torch.where(valid, scores.clamp_min(0), 0.0).double()
+    weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, valid.double())  # all-zero scores: uniform
+    cdf = weights.cumsum(1) / weights.sum(1, keepdim=True)
+    quantiles = (torch.arange(num_samples, device=scores.device, dtype=torch.float64) + 0.5) / num_samples
+    picked = torch.searchsorted(cdf, quantiles.expand(scores.shape[0], -1).contiguous())
+    picked = picked.clamp_max(scores.shape[1] - 1)  # quantiles are ascending, so `picked` is already sorted
+    repeated = torch.zeros_like(picked, dtype=torch.bool)
+    repeated[:, 1:] = picked[:, 1:] == picked[:, :-1]
+    # move the repeats to the end, keeping the unique indices in order
+    order = (repeated.long() * scores.shape[1] + picked).argsort(dim=1)
+    return picked.gather(1, order), ~repeated.gather(1, order)
+
+
+def gumbel_keep_decisions(keep_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """DynamicViT's training-time decisions: hard Gumbel-softmax samples of (keep, drop) logits (B, m, 2), with
+    straight-through gradients; returns (B, m), 1 = keep."""
+    return torch.nn.functional.gumbel_softmax(keep_logits, tau=temperature, hard=True)[..., 0]

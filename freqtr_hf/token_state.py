@@ -1,0 +1,158 @@
+"""What the blocks know about the current token sequence, and the one reduction step every method goes through.
+
+Sequence layout everywhere: `[CLS, candidates, merged]`. Candidates are original patches (their patch index is
+tracked); merged tokens (DC tokens, a fused token, clusters) stand for several patches (their patch count is tracked).
+"""
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass
+class AttentionMaps:
+    """What a reducing block's attention hands to its reducer: probabilities (B, h, n, n) before any reweighting,
+    keys and values (B, h, n, head_dim)."""
+
+    probs: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class TokenProvenance:
+    """Where the original patches went at one reduction stage.
+
+    layer: the block after whose attention the reduction happened.
+    patch_to_token: (B, P) LongTensor, for every original patch (row-major on the patch grid) the index, in the
+        sequence after this stage, of the token that carries it; -1 if it was dropped.
+    num_kept: kept patches are tokens `1 … num_kept` (after CLS); higher indices are merged tokens.
+    """
+
+    layer: int
+    patch_to_token: torch.LongTensor
+    num_kept: int
+
+    @property
+    def kept(self) -> torch.BoolTensor:
+        """(B, P): the patches that are tokens of their own after this stage."""
+        return (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
+
+    @property
+    def merged(self) -> torch.BoolTensor:
+        """(B, P): the patches that went into a merged token (DC token, fused token, cluster)."""
+        return self.patch_to_token > self.num_kept
+
+    @property
+    def dropped(self) -> torch.BoolTensor:
+        """(B, P): the patches no token carries any more."""
+        return self.patch_to_token < 0
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
+    """tokens (B, n, C), index (B, k) -> (B, k, C)."""
+    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+@dataclass
+class TokenState:
+    """The state of a sequence `[CLS, candidates, merged]` as it goes through the blocks.
+
+    grid: (rows, cols) of the original patch grid.
+    patch_ids: (B, m) original patch index of every candidate token.
+    merged_sizes: (B, d) number of original patches each merged token stands for (None: no merged tokens).
+    key_weights: (B, n) multiplicative weight of every token as an attention key, `softmax(qkᵀ)·w` renormalised,
+        or None: ToMe's proportional attention (w = size), padding (w = 0), DynamicViT's training mask.
+    valid: (B, n) False for padding tokens (a method that keeps a different number per image), or None.
+    patch_to_token, provenance: the provenance map and its per-stage records, when tracked (see `TokenProvenance`).
+    auxiliary_loss: the sum of the loss terms reducers ask the training loop to add (DynamicViT's keep ratio).
+    """
+
+    grid: tuple[int, int]
+    patch_ids: torch.LongTensor
+    merged_sizes: torch.Tensor | None = None
+    key_weights: torch.Tensor | None = None
+    valid: torch.BoolTensor | None = None
+    patch_to_token: torch.LongTensor | None = None
+    provenance: tuple[TokenProvenance, ...] = field(default=())
+    auxiliary_loss: torch.Tensor | None = None
+
+    @classmethod
+    def initial(cls, batch_size: int, grid: tuple[int, int], device, track_provenance: bool) -> "TokenState":
+        num_patches = grid[0] * grid[1]
+        patch_ids = torch.arange(num_patches, device=device).expand(batch_size, -1)
+        return cls(grid, patch_ids, patch_to_token=patch_ids + 1 if track_provenance else None)
+
+    @property
+    def num_candidates(self) -> int:
+        return self.patch_ids.shape[1]
+
+    @property
+    def num_merged(self) -> int:
+        return 0 if self.merged_sizes is None else self.merged_sizes.shape[1]
+
+    def token_sizes(self) -> torch.Tensor:
+        """(B, n): original patches per token; CLS and candidates count 1."""
+        ones = torch.ones(self.patch_ids.shape[0], 1 + self.num_candidates, device=self.patch_ids.device)
+        return ones if self.merged_sizes is None else torch.cat([ones, self.merged_sizes], dim=1)
+
+    def with_auxiliary_loss(self, loss: torch.Tensor) -> "TokenState":
+        total = loss if self.auxiliary_loss is None else self.auxiliary_loss + loss
+        return replace(self, auxiliary_loss=total)
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """(B, 1, 1, n) additive attention bias `log w` of the key weights (w = 0 masks the key), or None."""
+        if self.key_weights is None:
+            return None
+        weights = self.key_weights
+        bias = torch.where(weights > 0, weights.clamp_min(1e-30).log(), torch.finfo(dtype).min)
+        return bias[:, None, None, :].to(dtype)
+
+    def reduce(
+        self,
+        layer: int,
+        hidden_states: torch.Tensor,
+        keep_idx: torch.LongTensor,
+        merged_tokens: torch.Tensor | None = None,
+        merged_sizes: torch.Tensor | None = None,
+        merge_target: torch.LongTensor | None = None,
+        valid: torch.BoolTensor | None = None,
+        key_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, "TokenState"]:
+        """Build `[CLS, kept candidates, merged tokens]` and the state that goes with it.
+
+        keep_idx: (B, k) candidates kept, as indices among the candidates, in the order they take.
+        merged_tokens: (B, d, C) new merged tokens with their patch counts merged_sizes (B, d).
+        merge_target: (B, n) for every token of the old sequence, the merged token (0 … d-1) it went into, or -1
+            (kept or dropped); only read when provenance is tracked.
+        valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
+        """
+        num_candidates = self.num_candidates
+        kept = gather_tokens(hidden_states[:, 1 : 1 + num_candidates], keep_idx)
+        parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
+        reduced = torch.cat(parts, dim=1)
+        state = replace(
+            self,
+            patch_ids=self.patch_ids.gather(1, keep_idx),
+            merged_sizes=merged_sizes,
+            key_weights=key_weights,
+            valid=valid,
+        )
+        if self.patch_to_token is None:
+            return reduced, state
+
+        batch, length = hidden_states.shape[:2]
+        num_kept = keep_idx.shape[1]
+        # one spare column takes the writes of padding slots, so they never overwrite a real token's entry
+        token_to_new = torch.full((batch, length + 1), -1, dtype=torch.long, device=hidden_states.device)
+        token_to_new[:, 0] = 0
+        kept_valid = valid[:, 1 : 1 + num_kept] if valid is not None else torch.ones_like(keep_idx, dtype=torch.bool)
+        positions = torch.arange(1, 1 + num_kept, device=hidden_states.device).expand_as(keep_idx)
+        token_to_new.scatter_(1, torch.where(kept_valid, 1 + keep_idx, length), positions)
+        if merge_target is not None:
+            merged = merge_target >= 0
+            token_to_new[:, :length] = torch.where(merged, 1 + num_kept + merge_target, token_to_new[:, :length])
+        new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
+        patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
+        stage = TokenProvenance(layer, patch_to_token, num_kept)
+        return reduced, replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))
