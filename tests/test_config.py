@@ -46,6 +46,10 @@ def test_keep_rate_one_and_none_do_not_reduce():
         (dict(dc_window_sizes=(15, 1, 1)), "dc_window_sizes"),  # more windows than patches a side
         (dict(dc_update="median"), "dc_update"),
         (dict(dc_empty_fill="noise"), "dc_empty_fill"),
+        (dict(radial_norm="l3"), "radial_norm"),
+        (dict(cluster_iterations=0), "cluster_iterations"),
+        (dict(reduction_method="tome", tome_r=0), "tome_r"),
+        (dict(reduction_method="tome", keep_rate=0.004), "keep_rate"),
     ],
 )
 def test_bad_values_raise_naming_the_field(overrides, field):
