@@ -76,14 +76,22 @@ class FreqViTConfig(ViTConfig):
     dynamicvit_ratio_weight: float | int = 2.0
 
     def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_reduction()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # from_pretrained sets its overrides after building the config: check them too
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._check_reduction()
+        return result
+
+    def _check_reduction(self) -> None:
         self.reduction_layers = tuple(self.reduction_layers)
         self.dc_window_sizes = tuple(self.dc_window_sizes)
         if isinstance(self.keep_rate, (list, tuple)):
             self.keep_rate = tuple(self.keep_rate)
-        super().__post_init__(**kwargs)
-        self._check_reduction()
-
-    def _check_reduction(self) -> None:
         _check_choice("reduction_method", self.reduction_method, REDUCTION_METHODS)
         _check_choice("dc_update", self.dc_update, DC_UPDATES)
         _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)

@@ -1,0 +1,68 @@
+"""Fine-tune a FreqViT with transformers' `Trainer` (cross-entropy; DynamicViT's extra loss is already in `loss`).
+
+    python training/trainer_example.py --model_name_or_path facebook/deit-tiny-patch16-224 \
+        --train_dir ../shared/assets/imagenette/train --output_dir out/trainer --max_steps 100
+
+For self-distillation, EMA and resumable checkpoints of the paper's recipe, use `finetune.py`.
+"""
+
+import argparse
+
+from transformers import AutoImageProcessor, Trainer, TrainingArguments
+
+from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf.evaluation import load_images
+
+from finetune import make_collate, model_input_size, random_resized_crop_and_flip
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224")
+    parser.add_argument("--train_dir", required=True, help="a folder of class sub-folders")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--max_steps", type=int, default=100)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=32)
+    parser.add_argument("--reduction_method", default="freq")
+    parser.add_argument("--keep_rate", type=float, default=0.7)
+    args = parser.parse_args(argv)
+
+    dataset = load_images(args.train_dir)
+    names = dataset.features["label"].names
+    model = FreqViTForImageClassification.from_pretrained(
+        args.model_name_or_path,
+        reduction_method=args.reduction_method,
+        keep_rate=args.keep_rate,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        ignore_mismatched_sizes=True,  # a new head for these classes
+    )
+    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        learning_rate=1e-4,
+        weight_decay=2e-5,
+        lr_scheduler_type="cosine",
+        remove_unused_columns=False,  # the collator reads the raw images
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+    )
+    collate = make_collate(processor, list(range(len(names))), train=True)
+    size = model_input_size(processor)
+
+    def augmenting_collate(rows):
+        batch = collate(rows)
+        return batch | {"pixel_values": random_resized_crop_and_flip(batch["pixel_values"], size)}
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=augmenting_collate)
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
