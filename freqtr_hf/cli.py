@@ -12,6 +12,7 @@ from .evaluation import format_table, results_json, run_evaluation
 
 DEFAULT_MODEL = "facebook/deit-tiny-patch16-224"
 DEFAULT_DATA = "frgfm/imagenette"
+DEFAULT_DATA_CONFIG = "320px"  # that dataset's configurations are full_size, 320px and 160px
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of class sub-folders (e.g. ImageNet wnids), a saved dataset folder, or a Hub dataset id",
     )
     evaluate.add_argument("--split", default="validation", help="split of a Hub or saved dataset")
+    evaluate.add_argument(
+        "--dataset-config", help=f"configuration of a Hub dataset (default for {DEFAULT_DATA}: {DEFAULT_DATA_CONFIG})"
+    )
     evaluate.add_argument("--every", type=int, default=1, help="use every N-th image (files sorted by path)")
     evaluate.add_argument("--synsets", help="class list mapping folder names (wnids) to the model's class indices")
     evaluate.add_argument("--methods", nargs="+", default=["freq"], choices=REDUCTION_METHODS)
@@ -38,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dataset_config is None and args.data == DEFAULT_DATA:
+        args.dataset_config = DEFAULT_DATA_CONFIG
     try:
         results = run_evaluation(
             args.model,
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             every=args.every,
             split=args.split,
+            dataset_config=args.dataset_config,
             synsets=args.synsets,
             dtype=getattr(torch, args.dtype),
             state_file=args.state_file,

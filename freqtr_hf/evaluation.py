@@ -51,7 +51,9 @@ def label_mapping(label_names: list[str], id2label: dict[int, str], synsets_path
     return mapped
 
 
-def load_images(data: str, split: str = "validation", every: int = 1) -> datasets.Dataset:
+def load_images(
+    data: str, split: str = "validation", every: int = 1, dataset_config: str | None = None
+) -> datasets.Dataset:
     """Images with a `label` column, every `every`-th: a local folder of class sub-folders (files sorted by path),
     a dataset saved with `save_to_disk`, or a Hub dataset id."""
     path = Path(data)
@@ -68,7 +70,7 @@ def load_images(data: str, split: str = "validation", every: int = 1) -> dataset
             raise RuntimeError(f"data: {len(files)} images found under {data} but {len(dataset)} loaded")
         return dataset
     else:
-        dataset = datasets.load_dataset(data, split=split)
+        dataset = datasets.load_dataset(data, dataset_config, split=split)
     return dataset.select(range(0, len(dataset), every)) if every > 1 else dataset
 
 
@@ -186,6 +188,7 @@ def run_evaluation(
     batch_size: int = 32,
     every: int = 1,
     split: str = "validation",
+    dataset_config: str | None = None,
     synsets: str | None = None,
     dtype: torch.dtype = torch.float32,
     state_file: str | None = None,
@@ -194,7 +197,7 @@ def run_evaluation(
     FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
     models = build_models(model, methods, keep_rate, dtype)
     processor = AutoImageProcessor.from_pretrained(model)
-    dataset = load_images(data, split=split, every=every)
+    dataset = load_images(data, split=split, every=every, dataset_config=dataset_config)
     label_names = dataset.features["label"].names if "label" in dataset.features else []
     label_of = label_mapping(label_names, models["none"].config.id2label, synsets)
     return compare_methods(models, dataset, processor, label_of, batch_size=batch_size, state_file=state_file)
