@@ -214,8 +214,8 @@ class KMedoidsReducer(TokenReducer):
         received = maps.probs.mean(dim=(1, 2))[:, 1:]
         initial = received.topk(num_clusters, dim=1).indices.sort(dim=1).values
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
-        sizes = torch.zeros_like(received).scatter_add_(1, assignment, tokens.token_sizes()[:, 1:])
-        sizes = sizes[:, :num_clusters]
+        token_sizes = tokens.token_sizes()[:, 1:]
+        sizes = torch.zeros_like(token_sizes).scatter_add_(1, assignment, token_sizes)[:, :num_clusters]
         merged = tokens_in.gather(1, medoids[..., None].expand(-1, -1, tokens_in.shape[-1]))
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
@@ -302,7 +302,8 @@ class SinkhornReducer(SoftMergeReducer):
         self.iterations = config.sinkhorn_iterations
 
     def assignment_logits(self, tokens_in):
-        cosine = nn.functional.normalize(tokens_in.float(), dim=-1) @ nn.functional.normalize(self.centres, dim=-1).T
+        centres = nn.functional.normalize(self.centres.float(), dim=-1)
+        cosine = nn.functional.normalize(tokens_in.float(), dim=-1) @ centres.T
         return sinkhorn_assignment(cosine, self.iterations)
 
 

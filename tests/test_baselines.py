@@ -71,6 +71,14 @@ def test_batch_equals_single_images(method):
     torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_bf16_runs_every_method(method):
+    model = FreqViTForImageClassification(tiny_config(reduction_method=method)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, 64, 64), output_token_provenance=True)
+    assert output.logits.dtype == torch.bfloat16 and torch.isfinite(output.logits).all()
+
+
 @pytest.mark.parametrize("method", LEARNED)
 def test_learned_methods_create_new_parameters_and_train(method, tmp_path):
     vit = ViTForImageClassification(tiny_config(reduction_method="none"))
