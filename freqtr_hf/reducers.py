@@ -154,7 +154,11 @@ class ATSReducer(TokenReducer):
 class DynamicViTReducer(TokenReducer):
     """DynamicViT: a learned predictor scores every candidate. Training: hard Gumbel-softmax keep decisions mask
     the attention (tokens are not removed) and a keep-ratio loss pulls the kept share to the target. Inference:
-    keep the candidates with the highest keep probability."""
+    keep the candidates with the highest keep probability.
+
+    The mask enters attention as `log w` on the logits (the same mechanism as padding), so the straight-through
+    gradient reaches the predictor through the kept decisions (w = 1) and the keep-ratio loss, not through the
+    dropped ones (w = 0: a constant bias)."""
 
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
