@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, ViTForImageClassification
 
 import freqtr_hf
@@ -104,10 +105,11 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     folder = tmp_path / "freqvit-tiny"
     model.save_pretrained(folder)
     saved = sorted(path.name for path in folder.iterdir())
-    package = Path(freqtr_hf.__file__).parent
-    for module in package.glob("*.py"):
-        if module.name not in ("__init__.py", "cli.py", "evaluation.py", "macs.py"):
-            assert module.name in saved  # every module the model runs on travels with the weights
+    # every module the model imports, followed as transformers follows them, travels with the weights
+    modeling = Path(freqtr_hf.__file__).parent / "modeling_freqvit.py"
+    needed = {Path(f).name for f in get_relative_import_files(str(modeling))}
+    assert {"reducers.py", "token_state.py", "reduction_frequency.py"} <= needed
+    assert needed <= set(saved)
     assert "model.safetensors" in saved
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_freqvit.FreqViTForImageClassification"
