@@ -1,16 +1,16 @@
 """Loading ViT checkpoints (the Hub's legacy layout and transformers 5's) and exporting with remote code."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers.dynamic_module_utils import get_relative_import_files
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, ViTForImageClassification
+from transformers.dynamic_module_utils import get_relative_import_files
 
 import freqtr_hf
 from freqtr_hf import FreqViTForImageClassification, FreqViTModel
