@@ -9,7 +9,7 @@ registry; the attention and layer code stay as they are.
 import torch
 from torch import nn
 
-from .reduction_clustering import cluster_means, density_peak_centres, k_medoids, pairwise_distances
+from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from .reduction_frequency import high_frequency_scores, merge_into_dc_tokens, split_by_score, window_index, window_transfer
 from .reduction_learned import KeepPredictor, sinkhorn_assignment, soft_merge
 from .reduction_merging import merge_to_count
@@ -22,7 +22,7 @@ from .reduction_pruning import (
     top_k_in_order,
 )
 from .token_schedule import ReductionStage, merged_counts, patch_grid
-from .token_state import AttentionMaps, TokenState, gather_tokens
+from .token_state import AttentionMaps, TokenState, gather_tokens, group_means
 
 
 class TokenReducer(nn.Module):
@@ -240,7 +240,8 @@ class DPCKNNReducer(TokenReducer):
         _, assignment = density_peak_centres(pairwise_distances(tokens_in), num_clusters, self.neighbours)
         sizes = tokens.token_sizes()[:, 1:]
         weights = self.token_score(tokens_in).squeeze(-1).float().exp() * sizes
-        merged, _ = cluster_means(tokens_in, assignment, weights, num_clusters)
+        merged, _ = group_means(tokens_in, assignment, weights, num_clusters)
+        merged = merged.to(tokens_in.dtype)
         merged_sizes = torch.zeros_like(sizes).scatter_add_(1, assignment, sizes)[:, :num_clusters]
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(

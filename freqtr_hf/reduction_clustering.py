@@ -52,15 +52,3 @@ def density_peak_centres(
     assignment = to_centres.argmin(dim=-1)
     assignment.scatter_(1, centres, torch.arange(num_clusters, device=centres.device).expand_as(centres))
     return centres, assignment
-
-
-def cluster_means(
-    tokens: torch.Tensor, assignment: torch.LongTensor, weights: torch.Tensor, num_clusters: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean of every cluster's tokens: (B, t, C), (B, t), (B, t) -> (B, k, C) and the summed weights."""
-    channels = tokens.shape[-1]
-    weighted = tokens.float() * weights[..., None]
-    sums = weighted.new_zeros(tokens.shape[0], num_clusters, channels)
-    sums.scatter_add_(1, assignment[..., None].expand(-1, -1, channels), weighted)
-    totals = weights.new_zeros(tokens.shape[0], num_clusters).scatter_add_(1, assignment, weights)
-    return (sums / totals.clamp_min(1e-12)[..., None]).to(tokens.dtype), totals

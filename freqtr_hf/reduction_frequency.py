@@ -5,6 +5,8 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original p
 
 import torch
 
+from .token_state import group_means
+
 
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
     """Score of each key token: the column mean of the high-pass attention `A_HP = A − 11ᵀ/n`, averaged over heads.
@@ -69,7 +71,7 @@ def merge_into_dc_tokens(
     was given (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts
     (B, num_windows).
     """
-    batch, _, channels = low_tokens.shape
+    batch = low_tokens.shape[0]
     tokens, windows = low_tokens, low_windows
     sizes = torch.ones(low_windows.shape, dtype=torch.float32, device=low_tokens.device)
     weights = sizes
@@ -79,16 +81,11 @@ def merge_into_dc_tokens(
         old_weights = old_dc_sizes if count_weighted else torch.ones_like(old_dc_sizes)
         weights = torch.cat([sizes, old_weights], dim=1)
         sizes = torch.cat([sizes, old_dc_sizes], dim=1)
-    # sums in fp32: a bf16 sum over many tokens loses precision
-    weighted = tokens.float() * weights[..., None]
-    sums = weighted.new_zeros(batch, num_windows, channels)
-    sums.scatter_add_(1, windows[..., None].expand(-1, -1, channels), weighted)
-    totals = weights.new_zeros(batch, num_windows).scatter_add_(1, windows, weights)
+    dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
     dc_sizes = sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
-    dc_tokens = sums / totals.clamp_min(1e-12)[..., None]
     if fill_global_mean:
-        fill = (sums.sum(1) / totals.sum(1, keepdim=True))[:, None, :]
+        fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True))[:, None, :]
     else:
-        fill = torch.zeros_like(sums[:, :1])
+        fill = torch.zeros_like(dc_tokens[:, :1])
     dc_tokens = torch.where(totals[..., None] > 0, dc_tokens, fill)
     return dc_tokens.to(low_tokens.dtype), dc_sizes

@@ -5,6 +5,8 @@ Shapes: B batch, t tokens being merged, c key channels, C channels.
 
 import torch
 
+from .token_state import group_means
+
 
 def bipartite_merge_plan(keys: torch.Tensor, num_merge: int) -> torch.LongTensor:
     """One round of bipartite soft matching: tokens alternate between sets A (even positions) and B (odd); each A
@@ -29,19 +31,6 @@ def bipartite_merge_plan(keys: torch.Tensor, num_merge: int) -> torch.LongTensor
     return positions
 
 
-def merge_by_position(
-    tokens: torch.Tensor, sizes: torch.Tensor, positions: torch.LongTensor, num_out: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size-weighted average of the tokens that share a new position: (B, t, C), (B, t), (B, t) ->
-    (B, num_out, C) and the summed sizes (B, num_out)."""
-    channels = tokens.shape[-1]
-    weighted = tokens.float() * sizes[..., None]
-    sums = weighted.new_zeros(tokens.shape[0], num_out, channels)
-    sums.scatter_add_(1, positions[..., None].expand(-1, -1, channels), weighted)
-    new_sizes = sizes.new_zeros(tokens.shape[0], num_out).scatter_add_(1, positions, sizes)
-    return (sums / new_sizes[..., None]).to(tokens.dtype), new_sizes
-
-
 def merge_to_count(
     tokens: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, num_out: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
@@ -53,7 +42,9 @@ def merge_to_count(
         count = tokens.shape[1]
         step = bipartite_merge_plan(keys, min(count - num_out, (count + 1) // 2))
         out = count - min(count - num_out, (count + 1) // 2)
-        tokens, new_sizes = merge_by_position(tokens, sizes, step, out)
-        keys, _ = merge_by_position(keys, sizes, step, out)
+        # size-weighted averages of the tokens (and of their keys) that share a new position
+        merged, new_sizes = group_means(tokens, step, sizes, out)
+        merged_keys, _ = group_means(keys, step, sizes, out)
+        tokens, keys = merged.to(tokens.dtype), merged_keys.to(keys.dtype)
         sizes, positions = new_sizes, step.gather(1, positions)
     return tokens, sizes, positions

@@ -54,6 +54,23 @@ def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor) -> torch.Tensor
     return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
+def group_means(
+    tokens: torch.Tensor, groups: torch.LongTensor, weights: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean of the tokens of each group, in fp32 (a bf16 sum over many tokens loses precision).
+
+    tokens (B, t, C), groups (B, t) in [0, num_groups), weights (B, t) -> means (B, num_groups, C) (zeros for a
+    group of no weight) and the groups' total weights (B, num_groups).
+    """
+    channels = tokens.shape[-1]
+    weights = weights.float()
+    weighted = tokens.float() * weights[..., None]
+    sums = weighted.new_zeros(tokens.shape[0], num_groups, channels)
+    sums.scatter_add_(1, groups[..., None].expand(-1, -1, channels), weighted)
+    totals = weights.new_zeros(tokens.shape[0], num_groups).scatter_add_(1, groups, weights)
+    return sums / totals.clamp_min(1e-12)[..., None], totals
+
+
 @dataclass
 class TokenState:
     """The state of a sequence `[CLS, candidates, merged]` as it goes through the blocks.
