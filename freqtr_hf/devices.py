@@ -1,0 +1,43 @@
+"""Where models run: `--device auto|cpu|cuda|mps` and `--dtype`, resolved once for every command and the Space."""
+
+import torch
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the CUDA GPU when there is one, else Apple's MPS, else the CPU. An explicit device that this machine
+    lacks raises `ValueError` naming it."""
+    if name not in DEVICE_CHOICES:
+        raise ValueError(f"device: must be one of {DEVICE_CHOICES}, got {name!r}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for, but torch sees no CUDA GPU on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device: 'mps' was asked for, but torch sees no Apple MPS device on this machine")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype of `--dtype`; float16 only where the device computes it (not on the CPU)."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype: must be one of {DTYPE_CHOICES}, got {name!r}")
+    if name == "float16" and device.type == "cpu":
+        raise ValueError("dtype: float16 is not supported on the CPU; use bfloat16 or float32")
+    return getattr(torch, name)
+
+
+def describe(device: torch.device) -> str:
+    """'cuda (NVIDIA H100 80GB HBM3)', 'cpu (2 threads)', for the line a command prints before it runs."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
