@@ -1,9 +1,11 @@
 """FreqViT configuration: a `ViTConfig` plus the token-reduction schedule and the method's decisions."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_schedule import MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, patch_grid
+from .token_schedule import MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, pair, patch_grid
 
 
 REDUCTION_METHODS = ("none", "freq", "evit", *PRUNING_METHODS, *MERGING_METHODS)
@@ -12,6 +14,14 @@ TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "rad
 RADIAL_NORMS = ("l1", "l2", "linf")
 DC_UPDATES = ("count_weighted", "token_mean")
 DC_EMPTY_FILLS = ("global_mean", "zeros")
+SCORE_SOURCES = ("attention", "logits")
+REDUCTION_FIELDS = (
+    "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
+    "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
+    "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source",
+)
+# bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
+ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
 # distillation token (facebook/deit-*-patch16-224) are `vit`; model_type `deit` is the distilled kind.
 COMPATIBLE_MODEL_TYPES = ("freqvit", "vit")
@@ -74,6 +84,7 @@ class FreqViTConfig(ViTConfig):
     dpc_neighbours: int = 5
     sinkhorn_iterations: int = 3
     dynamicvit_ratio_weight: float | int = 2.0
+    score_source: str = "attention"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -81,11 +92,16 @@ class FreqViTConfig(ViTConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        # from_pretrained sets its overrides after building the config: check them too
-        result = super().from_dict(config_dict, **kwargs)
-        config = result[0] if isinstance(result, tuple) else result
-        config._check_reduction()
-        return result
+        # from_pretrained's overrides (reduction_layers=..., num_hidden_layers=...) join the dict before the config is
+        # built, so the schedule is checked once, against the final values: a 6-layer ViT loads with its own schedule
+        fields = getattr(cls, "__dataclass_fields__", {})
+        config_dict = {**config_dict, **{key: kwargs.pop(key) for key in list(kwargs) if key in fields}}
+        return super().from_dict(config_dict, **kwargs)
+
+    def validate_reduction(self) -> None:
+        """Check the reduction fields again (the model calls this when it is built, so a field changed after the
+        config was made is checked too). Raises `ValueError` naming the field."""
+        self._check_reduction()
 
     def _check_reduction(self) -> None:
         self.reduction_layers = tuple(self.reduction_layers)
@@ -96,25 +112,29 @@ class FreqViTConfig(ViTConfig):
         _check_choice("dc_update", self.dc_update, DC_UPDATES)
         _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)
         _check_choice("radial_norm", self.radial_norm, RADIAL_NORMS)
-        if self.tome_r is not None and (self.reduction_method != "tome" or self.tome_r < 1):
-            raise ValueError(f"tome_r: a positive number of tokens for reduction_method 'tome', got {self.tome_r}")
-        for name in ("cluster_iterations", "dpc_neighbours", "sinkhorn_iterations"):
+        _check_choice("score_source", self.score_source, SCORE_SOURCES)
+        for name in ("image_size", "patch_size"):
+            sizes = pair(getattr(self, name))
+            if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
+                raise ValueError(f"{name}: must be a positive whole number (or a pair of them), got {getattr(self, name)}")
+        for name in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.tome_r is not None and (self.reduction_method != "tome" or self.tome_r < 1):
+            raise ValueError(f"tome_r: a positive number of tokens for reduction_method 'tome', got {self.tome_r}")
+        for name, (low, high) in ITERATION_LIMITS.items():
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name}: must be in [{low}, {high}], got {getattr(self, name)}")
+        weight = self.dynamicvit_ratio_weight
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"dynamicvit_ratio_weight: must be a finite number >= 0, got {weight}")
         layers = self.reduction_layers
-        if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
-            raise ValueError(
-                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
-                f"got {list(layers)}"
-            )
-        if list(layers) != sorted(set(layers)):
-            raise ValueError(f"reduction_layers: must be strictly increasing, got {list(layers)}")
         rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
         if len(rates) != len(layers):
             raise ValueError(
                 f"keep_rate: {len(rates)} values for {len(layers)} reduction_layers; give one number or one per layer"
             )
-        if any(not 0.0 < rate <= 1.0 for rate in rates):
+        if any(not 0.0 < rate <= 1.0 for rate in rates):  # also refuses NaN
             raise ValueError(f"keep_rate: every rate must be in (0, 1], got {list(rates)}")
         if len(self.dc_window_sizes) != len(layers):
             raise ValueError(
@@ -122,7 +142,21 @@ class FreqViTConfig(ViTConfig):
             )
         if any(size < 1 for size in self.dc_window_sizes):
             raise ValueError(f"dc_window_sizes: every window size must be >= 1, got {list(self.dc_window_sizes)}")
+        if list(layers) != sorted(set(layers)):
+            raise ValueError(f"reduction_layers: must be strictly increasing, got {list(layers)}")
+        if self.reduction_method == "none" or self.tome_r is not None:
+            return  # the schedule is unused: a plain ViT of any depth keeps the default fields
+        if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
+            raise ValueError(
+                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
+                f"got {list(layers)}"
+            )
         check_stages(self.reduction_method, self.reduction_stages, patch_grid(self.image_size, self.patch_size))
+
+    def reduction_signature(self) -> tuple:
+        """Every value the model's reduction is built from: a model compares it with the one it was built with."""
+        fields = (*REDUCTION_FIELDS, "num_hidden_layers", "hidden_size", "num_attention_heads", "image_size", "patch_size")
+        return tuple(getattr(self, name) for name in fields)
 
     @property
     def keep_rates(self) -> tuple[float, ...]:

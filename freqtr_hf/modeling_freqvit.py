@@ -27,13 +27,22 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
 from .reducers import TOKEN_REDUCERS, DPCKNNReducer
-from .token_schedule import check_stages
+from .token_schedule import KEY_WEIGHT_METHODS, check_stages
 from .token_state import AttentionMaps, TokenProvenance, TokenState
 
 
 # FreqViT keeps ViT's module names, so ViT's renaming of the Hub's legacy keys (`encoder.layer.N.attention.attention.
 # query` -> `layers.N.attention.q_proj`, ...) applies; transformers applies it to its own classes only.
 register_checkpoint_conversion_mapping("freqvit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+
+
+def selected_hidden_states(output_hidden_states: bool | int | list[int] | None, count: int) -> set[int]:
+    """Which of the `count` hidden states (embeddings, then each block's output) to return: all for True, none for
+    False/None, else the given indices (negative ones from the end, as in transformers; out of range select nothing)."""
+    if output_hidden_states is None or isinstance(output_hidden_states, bool):
+        return set(range(count)) if output_hidden_states else set()
+    indices = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    return {index % count for index in indices if -count <= index < count}
 
 
 class FreqViTAttention(ViTAttention):
@@ -56,12 +65,13 @@ class FreqViTAttention(ViTAttention):
         self,
         hidden_states: torch.Tensor,
         num_merged: int = 0,
-        need_weights: bool = False,
+        need_maps: bool = False,
+        need_probs: bool = False,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AttentionMaps | None]:
         """hidden_states (B, n, C), the last `num_merged` tokens being DC tokens, and an additive bias on the
-        attention logits (B, 1, 1, n) -> (B, n, C) and, when `need_weights`, the attention maps (probabilities
-        (B, h, n, n) before reweighting, keys, values)."""
+        attention logits (B, 1, 1, n) -> (B, n, C) and, when `need_maps`, the `AttentionMaps` (queries, keys, values
+        and, when `need_probs`, the probabilities (B, h, n, n) before reweighting, which only eager attention gives)."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -77,7 +87,7 @@ class FreqViTAttention(ViTAttention):
             values = value_states * row_gain[..., None].to(value_states.dtype)
 
         attention_interface: Callable = eager_attention_forward
-        if not need_weights:
+        if not need_probs:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
@@ -95,7 +105,10 @@ class FreqViTAttention(ViTAttention):
             low_pass = value_states.mean(dim=2)[:, None] * self.high_pass_gain[:, None].to(value_states.dtype)
             attn_output = attn_output - low_pass
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        maps = AttentionMaps(attn_weights, key_states, value_states) if need_weights else None
+        maps = None
+        if need_maps:
+            probs = attn_weights if need_probs else None
+            maps = AttentionMaps(query_states, key_states, value_states, self.scaling, probs)
         return self.o_proj(attn_output), maps
 
 
@@ -122,12 +135,15 @@ class FreqViTLayer(GradientCheckpointingLayer):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, TokenState, torch.Tensor | None]:
         """hidden_states (B, n, C) -> (B, n', C) with n' < n in a reduction block, the new `TokenState`, and the
-        attention probabilities (B, h, n, n) when a reduction needs them or `output_attentions`."""
-        need_weights = output_attentions or self.token_reducer is not None
+        attention probabilities (B, h, n, n) when the reducer needs them or `output_attentions`."""
+        reducer = self.token_reducer
+        need_probs = output_attentions or (reducer is not None and reducer.needs_attention_probs)
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
         bias = tokens.attention_bias(hidden_states.dtype)
-        hidden_states, maps = self.attention(hidden_states, tokens.num_merged, need_weights, bias)
+        hidden_states, maps = self.attention(
+            hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias
+        )
         hidden_states = self.dropout(hidden_states) + residual
 
         if self.token_reducer is not None:
@@ -137,7 +153,7 @@ class FreqViTLayer(GradientCheckpointingLayer):
         hidden_states = self.layernorm_after(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, tokens, maps.probs if maps is not None else None
+        return hidden_states, tokens, maps.probs if output_attentions else None
 
 
 @dataclass
@@ -171,6 +187,11 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     config: FreqViTConfig
     _no_split_modules = ["ViTEmbeddings", "FreqViTLayer"]
     _can_record_outputs = {}
+    # Zero-initialised reduction parameters compute the method exactly: a ViT checkpoint without them is complete.
+    # Parameters that need training (DynamicViT's predictor, SiT, PatchMerger, Sinkhorn) are still reported missing.
+    _keys_to_ignore_on_load_missing = [
+        r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -194,7 +215,9 @@ class FreqViTModel(FreqViTPreTrainedModel):
     """ViT encoder whose blocks reduce tokens as `config` says; loads any ViT/DeiT checkpoint."""
 
     def __init__(self, config: FreqViTConfig, add_pooling_layer: bool = True):
+        config.validate_reduction()  # fields may have been changed since the config was made
         super().__init__(config)
+        self._built_reduction = config.reduction_signature()
         self.embeddings = ViTEmbeddings(config)
         self.layers = nn.ModuleList([FreqViTLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -224,8 +247,19 @@ class FreqViTModel(FreqViTPreTrainedModel):
                 f"({self.embeddings.image_size[0]}*{self.embeddings.image_size[1]}); "
                 "pass interpolate_pos_encoding=True for other sizes"
             )
+        if self.config.reduction_signature() != self._built_reduction:
+            raise ValueError(
+                "config: its reduction fields changed after the model was built, so the model would not compute what "
+                "they say; build a new model from the changed config"
+            )
+        method = self.config.reduction_method
+        if method in KEY_WEIGHT_METHODS and self.config._attn_implementation not in ("eager", "sdpa"):
+            raise ValueError(
+                f"attn_implementation: {method!r} weights attention keys (an additive bias), which only 'eager' and "
+                f"'sdpa' take; got {self.config._attn_implementation!r}"
+            )
         grid = (height // patch_h, width // patch_w)
-        check_stages(self.config.reduction_method, self.config.reduction_stages, grid)
+        check_stages(method, self.config.reduction_stages, grid)
         return grid
 
     @can_return_tuple
@@ -234,7 +268,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         output_token_provenance: bool = False,
         **kwargs,
     ) -> FreqViTModelOutput:
@@ -242,6 +276,8 @@ class FreqViTModel(FreqViTPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): the images.
         interpolate_pos_encoding (`bool`): interpolate the position embeddings to another resolution; the DC windows
             follow the actual patch grid.
+        output_hidden_states (`bool`, `int` or `list[int]`): all hidden states, or those at the given indices
+            (0 is the embeddings, i the output of block i; negative indices count from the end).
         output_token_provenance (`bool`, defaults to `False`): return, per reduction stage, where every original
             patch went (`TokenProvenance`). Costs nothing when off.
         """
@@ -255,11 +291,12 @@ class FreqViTModel(FreqViTPreTrainedModel):
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         tokens = TokenState.initial(hidden_states.shape[0], grid, hidden_states.device, output_token_provenance)
 
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        keep_hidden = selected_hidden_states(output_hidden_states, len(self.layers) + 1)
+        all_hidden_states = (hidden_states,) if 0 in keep_hidden else ()
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers, start=1):
             hidden_states, tokens, attention_probs = layer(hidden_states, tokens, output_attentions)
-            if output_hidden_states:
+            if index in keep_hidden:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (attention_probs,)
@@ -268,7 +305,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         return FreqViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            hidden_states=all_hidden_states,
+            hidden_states=all_hidden_states if output_hidden_states not in (None, False) else None,
             attentions=all_attentions,
             token_provenance=tokens.provenance if output_token_provenance else None,
             auxiliary_loss=tokens.auxiliary_loss,

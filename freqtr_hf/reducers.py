@@ -10,9 +10,16 @@ import torch
 from torch import nn
 
 from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
-from .reduction_frequency import high_frequency_scores, merge_into_dc_tokens, split_by_score, window_index, window_transfer
+from .reduction_frequency import (
+    high_frequency_logit_scores,
+    high_frequency_scores,
+    merge_into_dc_tokens,
+    split_by_score,
+    window_index,
+    window_transfer,
+)
 from .reduction_learned import KeepPredictor, sinkhorn_assignment, soft_merge
-from .reduction_merging import merge_to_count
+from .reduction_merging import merge_step, merge_to_count
 from .reduction_pruning import (
     adaptive_sample,
     cls_attention_scores,
@@ -21,12 +28,17 @@ from .reduction_pruning import (
     radial_scores,
     top_k_in_order,
 )
-from .token_schedule import ReductionStage, merged_counts, patch_grid
+from .token_schedule import ReductionStage, merged_counts, patch_grid, stage_output
 from .token_state import AttentionMaps, TokenState, gather_tokens, group_means
 
 
 class TokenReducer(nn.Module):
-    """Base of the reducers: the stage it runs and the one before it (`None` for the first)."""
+    """Base of the reducers: the stage it runs and the one before it (`None` for the first).
+
+    `needs_attention_probs`: whether it reads the attention probabilities (then its block computes attention
+    eagerly); reducers that need only queries, keys or values let the block run a fused kernel (sdpa, flash)."""
+
+    needs_attention_probs = True
 
     def __init__(self, config, stages: list[ReductionStage], index: int):
         super().__init__()
@@ -58,6 +70,7 @@ class FrequencyReducer(TokenReducer):
         super().__init__(config, stages, index)
         self.count_weighted = config.dc_update == "count_weighted"
         self.fill_global_mean = config.dc_empty_fill == "global_mean"
+        self.needs_attention_probs = config.score_source == "attention"
         num_windows = self.stage.window_size**2
         self.dc_position_embeddings = (
             nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
@@ -65,7 +78,11 @@ class FrequencyReducer(TokenReducer):
 
     def forward(self, hidden_states, maps, tokens):
         num_candidates, window_size = tokens.num_candidates, self.stage.window_size
-        scores = high_frequency_scores(maps.probs)[:, 1 : 1 + num_candidates]
+        if self.needs_attention_probs:
+            scores = high_frequency_scores(maps.probs)
+        else:
+            scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
+        scores = scores[:, 1 : 1 + num_candidates]
         keep_idx, low_idx = split_by_score(scores, self.stage.kept(num_candidates))
         candidates = hidden_states[:, 1 : 1 + num_candidates]
         candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]
@@ -111,6 +128,8 @@ class TopKReducer(TokenReducer):
 class RadialReducer(TopKReducer):
     """Static pattern: keep the patches closest to the image centre (L1, L2 or L∞)."""
 
+    needs_attention_probs = False
+
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
         self.norm = config.radial_norm
@@ -120,18 +139,23 @@ class RadialReducer(TopKReducer):
 
 
 class EViTReducer(TokenReducer):
-    """EViT: keep the top candidates by CLS attention; fuse the rest, and the earlier fused token, into one token:
-    their sum weighted by CLS attention."""
+    """EViT, by its official rule: keep the `⌈r·(N − 1)⌉` non-CLS tokens the CLS token attends to most (head
+    average), an earlier fused token competing like any token; fuse the rest into one new token, their sum weighted
+    by that attention, appended last."""
 
     def forward(self, hidden_states, maps, tokens):
-        num_candidates = tokens.num_candidates
         cls_attention = cls_attention_scores(maps.probs)[:, 1:]
-        keep_idx = top_k_in_order(cls_attention[:, :num_candidates], self.stage.kept(num_candidates))
+        num_keep, _ = stage_output("evit", self.stage, tokens.num_candidates, tokens.num_merged)
+        keep_idx = top_k_in_order(cls_attention, num_keep)
         fused = torch.ones_like(cls_attention, dtype=torch.bool).scatter_(1, keep_idx, False)
         fused_token = fuse_tokens(hidden_states[:, 1:], torch.where(fused, cls_attention, 0.0))
-        fused_size = (tokens.token_sizes()[:, 1:] * fused).sum(1, keepdim=True)
+        sizes = tokens.token_sizes()[:, 1:]
+        fused_size = (sizes * fused).sum(1, keepdim=True)
         merge_target = _merge_target(tokens, hidden_states.shape[1], torch.where(fused, 0, -1), first=1)
-        return tokens.reduce(self.stage.layer, hidden_states, keep_idx, fused_token, fused_size, merge_target)
+        return tokens.reduce(
+            self.stage.layer, hidden_states, keep_idx, fused_token, fused_size, merge_target,
+            kept_sizes=sizes.gather(1, keep_idx),
+        )
 
 
 class ATSReducer(TokenReducer):
@@ -160,6 +184,8 @@ class DynamicViTReducer(TokenReducer):
     gradient reaches the predictor through the kept decisions (w = 1) and the keep-ratio loss, not through the
     dropped ones (w = 0: a constant bias)."""
 
+    needs_attention_probs = False
+
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
         self.predictor = KeepPredictor(config.hidden_size)
@@ -187,19 +213,28 @@ class DynamicViTReducer(TokenReducer):
 
 
 class ToMeReducer(TokenReducer):
-    """ToMe: bipartite soft matching on head-averaged keys merges all non-CLS tokens down to the kept count,
-    size-weighted; later blocks use proportional attention (log size on the attention logits)."""
+    """ToMe. Per stage (the form of "Which Tokens to Use?"): rounds of bipartite soft matching over the non-CLS
+    tokens merge them down to the kept count. Per layer (`tome_r`, the original): one round over the whole sequence,
+    CLS first in set A and never merged, at most ⌊(t − 1)/2⌋ merges. Either way: cosine of head-averaged keys,
+    size-weighted averages, and proportional attention (log size on the attention logits) in later blocks."""
+
+    needs_attention_probs = False
 
     def forward(self, hidden_states, maps, tokens):
-        tokens_in = hidden_states[:, 1:]
-        count = tokens_in.shape[1]
-        merged, sizes, positions = merge_to_count(
-            tokens_in, maps.keys.mean(dim=1)[:, 1:], tokens.token_sizes()[:, 1:], self.stage.kept(count)
-        )
+        keys = maps.keys.mean(dim=1)
+        sizes = tokens.token_sizes()
+        if self.stage.remove is not None:
+            count = hidden_states.shape[1] - 1
+            merged, new_sizes, positions = merge_step(hidden_states, keys, sizes, count - self.stage.kept(count))
+            merged, new_sizes, positions = merged[:, 1:], new_sizes[:, 1:], positions[:, 1:] - 1
+        else:
+            merged, new_sizes, positions = merge_to_count(
+                hidden_states[:, 1:], keys[:, 1:], sizes[:, 1:], self.stage.kept(hidden_states.shape[1] - 1)
+            )
         merge_target = _merge_target(tokens, hidden_states.shape[1], positions, first=1)
-        key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes], dim=1)
+        key_weights = torch.cat([torch.ones_like(new_sizes[:, :1]), new_sizes], dim=1)
         return tokens.reduce(
-            self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target,
+            self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, new_sizes, merge_target,
             key_weights=key_weights,
         )
 
@@ -229,6 +264,8 @@ class DPCKNNReducer(TokenReducer):
     """DPC-KNN: density-peaks clustering picks the centres, every token joins the nearest; each cluster becomes
     the average of its tokens weighted by exp(learned score) (zero-initialised: a plain average at first)."""
 
+    needs_attention_probs = False
+
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
         self.neighbours = config.dpc_neighbours
@@ -252,6 +289,8 @@ class DPCKNNReducer(TokenReducer):
 class SoftMergeReducer(TokenReducer):
     """Soft merging into a fixed number of tokens (the kept count at the configured image size): every output is a
     weighted sum of all non-CLS tokens, the weights a softmax over tokens of `assignment_logits`."""
+
+    needs_attention_probs = False
 
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)

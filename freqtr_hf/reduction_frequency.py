@@ -9,12 +9,24 @@ from .token_state import group_means
 
 
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
-    """Score of each key token: the column mean of the high-pass attention `A_HP = A − 11ᵀ/n`, averaged over heads.
+    """Score of each key token: the column mean of the high-pass attention `A_HP = A − 11ᵀ/n`, averaged over heads,
+    in fp32.
 
     attention_probs: (B, h, n, n) row-stochastic attention, before any reweighting. Returns (B, n).
     """
     n = attention_probs.shape[-1]
-    return attention_probs.mean(dim=(1, 2)) - 1.0 / n
+    return attention_probs.float().mean(dim=(1, 2)) - 1.0 / n
+
+
+def high_frequency_logit_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The paper's attention-free score (App. J): the column sums of the attention logits,
+    `s_j = (Σ_i q_i)·k_j · scaling`, averaged over heads, in fp32. It ranks tokens without the attention matrix, so
+    the block runs a fused attention kernel.
+
+    queries, keys: (B, h, n, d). Returns (B, n).
+    """
+    query_sum = queries.float().sum(dim=2, keepdim=True)  # (B, h, 1, d)
+    return (query_sum @ keys.float().transpose(-1, -2)).squeeze(2).mean(dim=1) * scaling
 
 
 def split_by_score(scores: torch.Tensor, num_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +96,8 @@ def merge_into_dc_tokens(
     dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
     dc_sizes = sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
     if fill_global_mean:
-        fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True))[:, None, :]
+        # the schedule check guarantees low-frequency content; the clamp keeps an empty one finite all the same
+        fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True).clamp_min(1e-12))[:, None, :]
     else:
         fill = torch.zeros_like(dc_tokens[:, :1])
     dc_tokens = torch.where(totals[..., None] > 0, dc_tokens, fill)

@@ -8,16 +8,21 @@ import torch
 from .token_state import group_means
 
 
-def bipartite_merge_plan(keys: torch.Tensor, num_merge: int) -> torch.LongTensor:
+def bipartite_merge_plan(keys: torch.Tensor, num_merge: int, protect_first: bool = False) -> torch.LongTensor:
     """One round of bipartite soft matching: tokens alternate between sets A (even positions) and B (odd); each A
-    token picks its most similar B token (cosine of keys); the `num_merge` best pairs merge.
+    token picks its most similar B token (cosine of keys, in fp32); the `num_merge` best pairs merge. With
+    `protect_first`, token 0 (CLS, in A) never merges.
 
     keys: (B, t, c). Returns (B, t) the new position of every token: unmerged A tokens first (in order), then the
-    B tokens; a merged A token gets its partner's position. `num_merge` is at most the size of A.
+    B tokens; a merged A token gets its partner's position. `num_merge` is at most the size of A (less one when
+    protected).
     """
+    keys = keys.float()
     keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     set_a, set_b = keys[:, ::2], keys[:, 1::2]
     similarity = set_a @ set_b.transpose(1, 2)
+    if protect_first:
+        similarity[:, 0] = -torch.inf
     best, partner = similarity.max(dim=-1)
     order = best.argsort(dim=-1, descending=True)
     merged_a, unmerged_a = order[:, :num_merge], order[:, num_merge:].sort(dim=-1).values
@@ -29,6 +34,17 @@ def bipartite_merge_plan(keys: torch.Tensor, num_merge: int) -> torch.LongTensor
     positions = torch.empty(keys.shape[:2], dtype=torch.long, device=keys.device)
     positions[:, ::2], positions[:, 1::2] = positions_a, positions_b
     return positions
+
+
+def merge_step(
+    tokens: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, num_merge: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
+    """ToMe's per-layer step on a whole sequence with CLS first: bipartite matching over all tokens, CLS in set A and
+    protected, then size-weighted averages. tokens (B, t, C), keys (B, t, c), sizes (B, t) -> tokens (B, t − r, C)
+    with CLS still first, their sizes, and the new position of every input token (B, t)."""
+    positions = bipartite_merge_plan(keys, num_merge, protect_first=True)
+    merged, new_sizes = group_means(tokens, positions, sizes, tokens.shape[1] - num_merge)
+    return merged.to(tokens.dtype), new_sizes, positions
 
 
 def merge_to_count(
@@ -45,6 +61,6 @@ def merge_to_count(
         # size-weighted averages of the tokens (and of their keys) that share a new position
         merged, new_sizes = group_means(tokens, step, sizes, out)
         merged_keys, _ = group_means(keys, step, sizes, out)
-        tokens, keys = merged.to(tokens.dtype), merged_keys.to(keys.dtype)
+        tokens, keys = merged.to(tokens.dtype), merged_keys
         sizes, positions = new_sizes, step.gather(1, positions)
     return tokens, sizes, positions

@@ -7,8 +7,9 @@ import torch
 
 
 def cls_attention_scores(attention_probs: torch.Tensor) -> torch.Tensor:
-    """Attention from the CLS token to every token, averaged over heads: (B, h, n, n) -> (B, n)."""
-    return attention_probs[:, :, 0].mean(dim=1)
+    """Attention from the CLS token to every token, averaged over heads in fp32 (half-precision means tie and
+    reorder tokens): (B, h, n, n) -> (B, n)."""
+    return attention_probs[:, :, 0].float().mean(dim=1)
 
 
 def top_k_in_order(scores: torch.Tensor, num_keep: int) -> torch.LongTensor:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 # Pruning keeps candidates and drops the rest; merging turns every non-CLS token into k merged tokens.
 PRUNING_METHODS = ("topk", "radial", "ats", "dynamicvit")
 MERGING_METHODS = ("tome", "kmedoids", "dpcknn", "sit", "patchmerger", "sinkhorn")
+# Methods that weight attention keys with an additive bias (ToMe's sizes, ATS's padding, DynamicViT's training mask).
+KEY_WEIGHT_METHODS = ("tome", "ats", "dynamicvit")
 
 
 @dataclass(frozen=True)
@@ -25,23 +27,32 @@ class ReductionStage:
 
     def kept(self, count: int) -> int:
         """Tokens left of `count` reducible ones: `⌊keep_rate · count⌋` (robust to float error: 0.29 · 100 is
-        28.999…), or `count − remove`."""
+        28.999…), or, per layer, `count − remove` with at most half of them merged (ToMe's cap ⌊(t − 1)/2⌋, t the
+        tokens with CLS)."""
         if self.remove is not None:
-            return count - self.remove
+            return count - min(self.remove, count // 2)
         return math.floor(self.keep_rate * count + 1e-6)
+
+    def kept_rounding_up(self, count: int) -> int:
+        """`⌈keep_rate · count⌉`, EViT's rule (robust to float error like `kept`)."""
+        return math.ceil(self.keep_rate * count - 1e-6)
 
 
 def stage_output(method: str, stage: ReductionStage, candidates: int, merged: int) -> tuple[int, int]:
     """(candidates, merged tokens) after a stage, from those before it. The keep rule of every method:
 
     - pruning (`topk`, `radial`, `ats` at most, `dynamicvit` at inference): keep `⌊r·m⌋` of the m candidates;
-    - `evit`: the same, plus one fused token for the rest; `freq`: the same, plus `w²` DC tokens;
+    - `freq`: the same, plus `w²` DC tokens;
+    - `evit` (its official rule): keep `⌈r·(m + d)⌉` of all non-CLS tokens, an earlier fused token competing like
+      any token, plus one new fused token for the rest;
     - merging (`tome`, `kmedoids`, `dpcknn`, `sit`, `patchmerger`, `sinkhorn`): all non-CLS tokens become
-      `⌊r·(m + d)⌋` merged tokens.
+      `⌊r·(m + d)⌋` merged tokens (per-layer ToMe: `m + d − min(r, ⌊(m + d)/2⌋)`).
     """
     if method in MERGING_METHODS:
         return 0, stage.kept(candidates + merged)
-    extra = {"freq": stage.window_size**2, "evit": 1}.get(method, 0)
+    if method == "evit":
+        return stage.kept_rounding_up(candidates + merged), 1
+    extra = stage.window_size**2 if method == "freq" else 0
     return stage.kept(candidates), extra
 
 
@@ -57,7 +68,9 @@ def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, i
 
 
 def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> None:
-    """Raise `ValueError` naming the field when a schedule cannot run on a patch grid."""
+    """Raise `ValueError` naming the field when a schedule cannot run on a patch grid: a stage must leave at least one
+    token and make the sequence shorter (a keep rate that keeps every candidate while adding DC tokens would grow
+    it, and leave its DC windows nothing to average)."""
     candidates, merged = grid[0] * grid[1], 0
     if candidates == 0:
         raise ValueError(f"image_size: the image holds no whole patch (patch grid {grid[0]}x{grid[1]})")
@@ -67,12 +80,20 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
                 f"dc_window_sizes: {stage.window_size}x{stage.window_size} DC windows at layer {stage.layer} "
                 f"need a patch grid of at least that size, got {grid[0]}x{grid[1]} patches"
             )
-        reducible = candidates + merged if method in MERGING_METHODS else candidates
+        reducible = candidates + merged if method in (*MERGING_METHODS, "evit") else candidates
+        length = 1 + candidates + merged
         candidates, merged = stage_output(method, stage, candidates, merged)
+        field = "tome_r" if stage.remove is not None else "keep_rate"
+        rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
         if (candidates + merged if method in MERGING_METHODS else candidates) <= 0:
-            field = "tome_r" if stage.remove is not None else "keep_rate"
-            rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
             raise ValueError(f"{field}: {rule} of {reducible} tokens at layer {stage.layer} leaves no token")
+        if 1 + candidates + merged >= length and stage.remove is None:  # per-layer ToMe stops at its cap
+            if method == "freq" and candidates < reducible:
+                field, rule = "dc_window_sizes", f"{stage.window_size}x{stage.window_size} DC windows"
+            raise ValueError(
+                f"{field}: {rule} at layer {stage.layer} turns {length} tokens into {1 + candidates + merged}; a "
+                "reduction must shorten the sequence (a keep rate of 1.0 skips a layer)"
+            )
 
 
 def sequence_lengths(

@@ -11,12 +11,15 @@ import torch
 
 @dataclass
 class AttentionMaps:
-    """What a reducing block's attention hands to its reducer: probabilities (B, h, n, n) before any reweighting,
-    keys and values (B, h, n, head_dim)."""
+    """What a reducing block's attention hands to its reducer: queries, keys and values (B, h, n, head_dim), the
+    attention scaling, and the probabilities (B, h, n, n) before any reweighting when the reducer needs them (None
+    otherwise: the block then runs a fused attention kernel)."""
 
-    probs: torch.Tensor
+    queries: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor
+    scaling: float
+    probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -26,22 +29,29 @@ class TokenProvenance:
     layer: the block after whose attention the reduction happened.
     patch_to_token: (B, P) LongTensor, for every original patch (row-major on the patch grid) the index, in the
         sequence after this stage, of the token that carries it; -1 if it was dropped.
-    num_kept: kept patches are tokens `1 … num_kept` (after CLS); higher indices are merged tokens.
+    num_kept: tokens `1 … num_kept` (after CLS) are the kept tokens; higher indices are merged tokens.
+    kept_is_patch: (B, num_kept), False where a kept token is an earlier merged token (EViT keeps its fused token
+        when it ranks high enough), or None when every kept token is a patch.
     """
 
     layer: int
     patch_to_token: torch.LongTensor
     num_kept: int
+    kept_is_patch: torch.BoolTensor | None = None
 
     @property
     def kept(self) -> torch.BoolTensor:
         """(B, P): the patches that are tokens of their own after this stage."""
-        return (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
+        in_kept = (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
+        if self.kept_is_patch is None:
+            return in_kept
+        index = (self.patch_to_token - 1).clamp(0, max(self.num_kept - 1, 0))
+        return in_kept & self.kept_is_patch.gather(1, index)
 
     @property
     def merged(self) -> torch.BoolTensor:
         """(B, P): the patches that went into a merged token (DC token, fused token, cluster)."""
-        return self.patch_to_token > self.num_kept
+        return (self.patch_to_token >= 1) & ~self.kept
 
     @property
     def dropped(self) -> torch.BoolTensor:
@@ -76,8 +86,10 @@ class TokenState:
     """The state of a sequence `[CLS, candidates, merged]` as it goes through the blocks.
 
     grid: (rows, cols) of the original patch grid.
-    patch_ids: (B, m) original patch index of every candidate token.
+    patch_ids: (B, m) original patch index of every candidate token (-1 for an earlier merged token that a method
+        keeps as a candidate: EViT's fused token).
     merged_sizes: (B, d) number of original patches each merged token stands for (None: no merged tokens).
+    candidate_sizes: (B, m) the same for the candidates, or None when every candidate is one patch.
     key_weights: (B, n) multiplicative weight of every token as an attention key, `softmax(qkᵀ)·w` renormalised,
         or None: ToMe's proportional attention (w = size), padding (w = 0), DynamicViT's training mask.
     valid: (B, n) False for padding tokens (a method that keeps a different number per image), or None.
@@ -88,6 +100,7 @@ class TokenState:
     grid: tuple[int, int]
     patch_ids: torch.LongTensor
     merged_sizes: torch.Tensor | None = None
+    candidate_sizes: torch.Tensor | None = None
     key_weights: torch.Tensor | None = None
     valid: torch.BoolTensor | None = None
     patch_to_token: torch.LongTensor | None = None
@@ -109,9 +122,15 @@ class TokenState:
         return 0 if self.merged_sizes is None else self.merged_sizes.shape[1]
 
     def token_sizes(self) -> torch.Tensor:
-        """(B, n): original patches per token; CLS and candidates count 1."""
-        ones = torch.ones(self.patch_ids.shape[0], 1 + self.num_candidates, device=self.patch_ids.device)
-        return ones if self.merged_sizes is None else torch.cat([ones, self.merged_sizes], dim=1)
+        """(B, n): original patches per token; CLS counts 1."""
+        sizes = [torch.ones(self.patch_ids.shape[0], 1, device=self.patch_ids.device)]
+        if self.candidate_sizes is None:
+            sizes[0] = torch.ones(self.patch_ids.shape[0], 1 + self.num_candidates, device=self.patch_ids.device)
+        else:
+            sizes.append(self.candidate_sizes)
+        if self.merged_sizes is not None:
+            sizes.append(self.merged_sizes)
+        return torch.cat(sizes, dim=1) if len(sizes) > 1 else sizes[0]
 
     def with_auxiliary_loss(self, loss: torch.Tensor) -> "TokenState":
         total = loss if self.auxiliary_loss is None else self.auxiliary_loss + loss
@@ -135,23 +154,28 @@ class TokenState:
         merge_target: torch.LongTensor | None = None,
         valid: torch.BoolTensor | None = None,
         key_weights: torch.Tensor | None = None,
+        kept_sizes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, "TokenState"]:
-        """Build `[CLS, kept candidates, merged tokens]` and the state that goes with it.
+        """Build `[CLS, kept tokens, merged tokens]` and the state that goes with it.
 
-        keep_idx: (B, k) candidates kept, as indices among the candidates, in the order they take.
+        keep_idx: (B, k) tokens kept, as indices among the non-CLS tokens (candidates first, then merged tokens),
+            in the order they take. Only EViT keeps merged tokens; it passes their sizes as `kept_sizes` (B, k).
         merged_tokens: (B, d, C) new merged tokens with their patch counts merged_sizes (B, d).
         merge_target: (B, n) for every token of the old sequence, the merged token (0 … d-1) it went into, or -1
             (kept or dropped); only read when provenance is tracked.
         valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
         """
-        num_candidates = self.num_candidates
-        kept = gather_tokens(hidden_states[:, 1 : 1 + num_candidates], keep_idx)
+        kept = gather_tokens(hidden_states[:, 1:], keep_idx)
         parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)
+        patch_ids = self.patch_ids
+        if kept_sizes is not None and self.num_merged:  # merged tokens can be kept: they have no patch index
+            patch_ids = torch.cat([patch_ids, patch_ids.new_full((patch_ids.shape[0], self.num_merged), -1)], dim=1)
         state = replace(
             self,
-            patch_ids=self.patch_ids.gather(1, keep_idx),
+            patch_ids=patch_ids.gather(1, keep_idx),
             merged_sizes=merged_sizes,
+            candidate_sizes=kept_sizes,
             key_weights=key_weights,
             valid=valid,
         )
@@ -171,5 +195,6 @@ class TokenState:
             token_to_new[:, :length] = torch.where(merged, 1 + num_kept + merge_target, token_to_new[:, :length])
         new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
         patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
-        stage = TokenProvenance(layer, patch_to_token, num_kept)
+        kept_is_patch = state.patch_ids >= 0 if kept_sizes is not None else None
+        stage = TokenProvenance(layer, patch_to_token, num_kept, kept_is_patch)
         return reduced, replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))

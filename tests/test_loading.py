@@ -27,13 +27,25 @@ def real_images(folder, count=4):
 
 def test_legacy_deit_tiny_loads_every_pretrained_weight(deit_tiny):
     model, info = FreqViTForImageClassification.from_pretrained(deit_tiny, output_loading_info=True)
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert info["missing_keys"]
-    assert all(key.rsplit(".", 1)[-1] in NEW_PARAMETERS for key in info["missing_keys"])
+    # the zero-initialised reduction parameters compute the method exactly: nothing is reported missing
+    assert not info["unexpected_keys"] and not info["mismatched_keys"] and not info["missing_keys"]
+    new = {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in NEW_PARAMETERS}
+    assert new and all(torch.all(p == 0) for p in new.values())
     assert model.config.model_type == "freqvit" and model.config.num_labels == 1000
     reference = ViTForImageClassification.from_pretrained(deit_tiny)
     torch.testing.assert_close(model.classifier.weight, reference.classifier.weight)
     torch.testing.assert_close(model.vit.layers[11].attention.q_proj.weight, reference.vit.layers[11].attention.q_proj.weight)
+
+
+def test_a_weight_really_missing_is_still_reported(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ViTForImageClassification(tiny_config(reduction_method="none")).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    gone = next(key for key in weights if "layers.1.mlp" in key or "layer.1.output" in key)
+    save_file({k: v for k, v in weights.items() if k != gone}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _, info = FreqViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert len(info["missing_keys"]) == 1 and "layers.1" in next(iter(info["missing_keys"]))
 
 
 def test_real_weights_reduction_off_equals_vit(deit_tiny, imagenette_val):

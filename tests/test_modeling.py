@@ -67,7 +67,7 @@ def test_reweighting_equals_the_explicit_attention_formula():
     torch.nn.init.normal_(attention.dc_gain)
     hidden = torch.randn(2, 9, config.hidden_size)
     num_dc = 2
-    output, maps = attention(hidden, num_merged=num_dc, need_weights=True)
+    output, maps = attention(hidden, num_merged=num_dc, need_maps=True, need_probs=True)
 
     heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
     split = lambda x: x.view(2, 9, heads, head_dim).transpose(1, 2)  # noqa: E731

@@ -1,0 +1,56 @@
+"""The fingerprint of a run: everything that changes its result, so that a resumed job continues only the same job.
+
+A fingerprint is a flat dict of JSON values. `mismatch` compares a saved one with the current one and names the first
+field that differs, for the error a resume gives.
+"""
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (hex)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def files_digest(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """SHA-256 over a list of files: their names (relative to `root`) and sizes, in the order given. Cheap for
+    thousands of images, and it changes when a file is added, removed, renamed or resized."""
+    digest = hashlib.sha256()
+    for path in paths:
+        name = os.path.relpath(path, root) if root is not None else str(path)
+        digest.update(f"{name}\0{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def model_digest(model: str, commit_hash: str | None = None) -> str:
+    """What identifies a checkpoint's weights: the SHA-256 of the weight files of a local folder, or the Hub
+    commit it was loaded from (`config._commit_hash`)."""
+    folder = Path(model)
+    if folder.is_dir():
+        weights = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        digest = hashlib.sha256()
+        for path in weights:
+            digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
+        return digest.hexdigest()
+    return f"hub:{model}@{commit_hash or 'unknown'}"
+
+
+def mismatch(saved: dict, current: dict) -> str | None:
+    """None when the fingerprints are equal, else a sentence naming the first field that differs."""
+    for field in sorted(set(saved) | set(current)):
+        before, now = saved.get(field), current.get(field)
+        if before != now:
+            return f"{field} differs (saved run: {_short(before)}, this run: {_short(now)})"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
