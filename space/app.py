@@ -3,169 +3,322 @@
     python space/app.py                 # http://127.0.0.1:7860
     FREQTR_MODEL=../shared/assets/deit-tiny-patch16-224 python space/app.py
 
-The model (a Hub id or a local folder) loads once; every setting reuses its weights.
+Environment:
+    FREQTR_MODEL       the default model (a Hub id or a folder); facebook/deit-tiny-patch16-224 if unset
+    FREQTR_MODEL_DIRS  folders (os.pathsep-separated) under which the model box may load local models; besides
+                       those, it loads only the default model and Hub ids
+    FREQTR_DEVICE      auto (default: the CUDA GPU when there is one), cpu, cuda or mps
+    FREQTR_QUEUE_SIZE  requests that may wait (default 16); beyond that, Gradio asks the user to try again
+
+Each model loads once, and its reduced variants share its parameter tensors.
 """
 
 import functools
 import os
+import re
 import statistics
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 import gradio as gr
-import matplotlib
+import numpy as np
+import torch
+from huggingface_hub import HfApi, is_offline_mode
+from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
+from transformers import AutoImageProcessor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from transformers import AutoImageProcessor  # noqa: E402
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
+from freqtr_hf.analysis import layer_high_frequency
+from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.devices import describe, resolve_device
+from freqtr_hf.images import ImageReadError, read_image
+from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs  # noqa: E402
-from freqtr_hf.analysis import layer_high_frequency  # noqa: E402
-from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS  # noqa: E402
-from freqtr_hf.visualization import stage_overlay, stage_summary  # noqa: E402
+FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
+MAX_PIXELS = 40_000_000
+HUB_TIMEOUT_S = 5.0  # one metadata request decides whether the Hub answers; transformers would retry for ~25 s
+WARMUP_RUNS, TIMED_RUNS = 1, 5
+DEFAULT_BLOCKS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
+DEVICE = resolve_device(os.environ.get("FREQTR_DEVICE", "auto"))
+MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
 
-DEFAULT_MODEL = os.environ.get("FREQTR_MODEL", "facebook/deit-tiny-patch16-224")
-MAX_MEGAPIXELS = 40
-Image.MAX_IMAGE_PIXELS = MAX_MEGAPIXELS * 1_000_000  # larger files raise DecompressionBombError, reported below
+
+def default_model() -> str:
+    return os.environ.get("FREQTR_MODEL") or FALLBACK_MODEL
+
+
+def allowed_model_dirs() -> list[Path]:
+    """The folders under which the model box may load local models (`FREQTR_MODEL_DIRS`), resolved."""
+    parts = os.environ.get("FREQTR_MODEL_DIRS", "").split(os.pathsep)
+    return [Path(part).expanduser().resolve() for part in parts if part]
+
+
+def model_source(text: str) -> str:
+    """What to load for the model box's text: the default model, a Hub id (`owner/name`), or a folder under
+    `FREQTR_MODEL_DIRS` (resolved, so neither `..` nor a symlink leads out of it). Anything else raises `gr.Error`."""
+    text = (text or "").strip()
+    default = default_model()
+    if not text or text == default:
+        return default
+    path = Path(text).expanduser()
+    if path.is_absolute() or path.exists() or text.startswith((".", "~")):
+        # a path on this server (a Hub-like name that exists here counts too: transformers would load the folder)
+        resolved = path.resolve()
+        roots = allowed_model_dirs()
+        if resolved == Path(default).expanduser().resolve() or any(resolved.is_relative_to(root) for root in roots):
+            if not resolved.is_dir():
+                raise gr.Error(f"Model: there is no folder {text!r}.")
+            return str(resolved)
+        allowed = ", ".join(map(str, roots)) if roots else "none: FREQTR_MODEL_DIRS is not set"
+        raise gr.Error(f"Model: {text!r} is not under the folders this Space loads models from ({allowed}).")
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        pass
+    else:
+        if text.count("/") == 1:
+            return text
+    raise gr.Error(f"Model: give a Hub id such as {FALLBACK_MODEL!r} or an allowed folder, got {text!r}.")
+
+
+def hub_unreachable(model_id: str) -> str | None:
+    """Why the Hub cannot serve `model_id` right now (offline mode, no connection, an error answer), or None when
+    it answers. A model that does not exist or is gated raises `gr.Error`."""
+    if is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(model_id, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError as error:
+        raise gr.Error(f"Model: there is no model {model_id!r} on the Hub (or it is private).") from error
+    except GatedRepoError as error:
+        raise gr.Error(f"Model: {model_id!r} is gated on the Hub; this Space cannot load it.") from error
+    except Exception as error:  # noqa: BLE001 - connection errors are the Hub client's HTTP library's own types
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no answer'}"
+    return None
+
+
+def share_weights(config: FreqViTConfig, unreduced: FreqViTForImageClassification) -> FreqViTForImageClassification:
+    """A model built from `config` whose parameters are the unreduced model's own tensors (same storage, no copy);
+    only the reduction's new parameters are its own, at their initial value (zero: the training-free method)."""
+    with torch.device(unreduced.device):
+        model = FreqViTForImageClassification(config)
+    result = model.load_state_dict(unreduced.state_dict(), strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ValueError(f"the reduced model lacks the unreduced model's {result.unexpected_keys[:3]}")
+    return model.eval()
+
+
+class LoadedModel:
+    """One model: the unreduced classifier, its image processor, and its reduced variants (built once per setting,
+    sharing its weights, and dropped with it)."""
+
+    def __init__(self, source: str):
+        reason = hub_unreachable(source) if not Path(source).is_dir() else None
+        try:
+            model = FreqViTForImageClassification.from_pretrained(
+                source, reduction_method="none", local_files_only=reason is not None
+            )
+            self.processor = AutoImageProcessor.from_pretrained(source, local_files_only=reason is not None)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        except OSError as error:
+            if reason is not None:
+                raise gr.Error(
+                    f"The Hugging Face Hub cannot be reached ({reason}), and {source!r} is not in the local cache."
+                ) from error
+            raise gr.Error(f"Cannot load the model {source!r}: {str(error).splitlines()[0]}") from error
+        self.unreduced = model.to(DEVICE).eval()
+        self.reduced = functools.lru_cache(maxsize=32)(self.build_reduced)
+
+    def build_reduced(
+        self, method: str, keep_rate: float, layers: tuple[int, ...], windows: tuple[int, ...]
+    ) -> FreqViTForImageClassification:
+        """The model reducing with `method` after the 0-based blocks `layers`."""
+        try:
+            config = FreqViTConfig.from_dict(
+                self.unreduced.config.to_dict(),
+                reduction_method=method,
+                keep_rate=keep_rate,
+                reduction_layers=layers,
+                dc_window_sizes=windows,
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        return share_weights(config, self.unreduced)
 
 
 @functools.lru_cache(maxsize=4)
-def load_unreduced(model_id: str) -> tuple[FreqViTForImageClassification, object]:
-    """The unreduced model and its image processor, loaded once per model id."""
-    try:
-        model = FreqViTForImageClassification.from_pretrained(model_id, reduction_method="none").eval()
-        processor = AutoImageProcessor.from_pretrained(model_id)
-    except ValueError as error:
-        raise gr.Error(str(error)) from error
-    except OSError as error:
-        raise gr.Error(f"Cannot load the model {model_id!r}: {str(error).splitlines()[0]}") from error
-    return model, processor
+def load_model(source: str) -> LoadedModel:
+    """The model of a source checked by `model_source`, loaded once."""
+    return LoadedModel(source)
 
 
-@functools.lru_cache(maxsize=32)
-def load_reduced(
-    model_id: str, method: str, keep_rate: float, layers: tuple[int, ...], windows: tuple[int, ...]
-) -> FreqViTForImageClassification:
-    """A reduced model sharing the unreduced model's weights (no reload): built once per setting."""
-    unreduced, _ = load_unreduced(model_id)
-    try:
-        config = FreqViTConfig.from_dict(
-            unreduced.config.to_dict(),
-            reduction_method=method,
-            keep_rate=keep_rate,
-            reduction_layers=layers,
-            dc_window_sizes=windows,
-        )
-    except ValueError as error:
-        raise gr.Error(str(error)) from error
-    model = FreqViTForImageClassification(config).eval()
-    model.load_state_dict(unreduced.state_dict(), strict=False)  # the reduction parameters stay at zero
-    return model
-
-
-def read_image(path: str | None) -> Image.Image:
-    """An RGB image from an uploaded file, or a clear message: not an image, corrupt, too large. Grayscale,
-    16-bit and transparent images are converted (16-bit scaled to 8, transparency over white)."""
+def read_upload(upload: str | dict | None) -> Image.Image:
+    """The uploaded image as 8-bit RGB (`freqtr_hf.images.read_image`: the size is checked from the header before
+    decoding), or a `gr.Error` naming the file. `upload` is a path, or the image box's file data (a dict)."""
+    path, name = (upload.get("path"), upload.get("orig_name")) if isinstance(upload, dict) else (upload, None)
     if not path:
         raise gr.Error("Upload an image or pick an example first.")
-    name = Path(path).name
     try:
-        image = Image.open(path)
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise gr.Error(f"{name} is too large (over {MAX_MEGAPIXELS} megapixels); please downscale it.") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise gr.Error(f"{name} is not an image this app can read ({type(error).__name__}: {error}).") from error
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if image.mode.startswith("I;16") else max(values.max(), 1.0)
-        image = Image.fromarray((values * 255.0 / scale).clip(0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
+        return read_image(path, max_pixels=MAX_PIXELS)
+    except ImageReadError as error:
+        raise gr.Error(str(error).replace(str(path), name or Path(path).name)) from error  # not the server's path
 
 
 def parse_ints(text: str, field: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.replace(",", " ").split())
+        return tuple(int(part) for part in str(text).replace(",", " ").split())
     except ValueError as error:
         raise gr.Error(f"{field}: give whole numbers separated by commas, got {text!r}") from error
+
+
+def reduction_layers(text: str, num_layers: int) -> tuple[int, ...]:
+    """The config's 0-based `reduction_layers` from the UI's layer numbers, which count from 1 as the paper does
+    ("layers 4, 7, 10" are blocks 3, 6, 9). This is the one place where the numbering changes."""
+    numbers = parse_ints(text, "Reduction layers")
+    if not numbers or any(not 1 <= n <= num_layers for n in numbers) or list(numbers) != sorted(set(numbers)):
+        raise gr.Error(
+            f"Reduction layers: strictly increasing layer numbers from 1 to {num_layers} (this model's depth), "
+            f"got {text!r}"
+        )
+    return tuple(n - 1 for n in numbers)
 
 
 def input_view(pixels: torch.Tensor, processor) -> np.ndarray:
     """The model's view of the image (after resize and crop), back to uint8 (H, W, 3)."""
     mean = torch.tensor(processor.image_mean)[:, None, None]
     std = torch.tensor(processor.image_std)[:, None, None]
-    return ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return ((pixels.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def top5(logits: torch.Tensor, id2label: dict) -> dict[str, float]:
-    probabilities = logits.softmax(-1)
-    values, indices = probabilities.topk(5)
+    values, indices = logits.float().softmax(-1).topk(5)
     return {id2label[int(i)]: float(v) for v, i in zip(values, indices)}
 
 
-def median_latency(model, pixels: torch.Tensor, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(pixels)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def synchronize(device: torch.device) -> None:
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)  # wait for the queued kernels, so the clock measures them
 
 
-def amplitude_plot(unreduced: list[float], reduced: list[float], stages: list[int]):
-    figure, axis = plt.subplots(figsize=(6, 3.2))
+def median_latencies(
+    models: list, pixels: torch.Tensor, warmup: int = WARMUP_RUNS, runs: int = TIMED_RUNS
+) -> list[float]:
+    """Median seconds per call of each model on `pixels`, over `runs` timed rounds after `warmup` untimed ones (so
+    no model pays for a cold first run). The models take turns within a round, so drift hits them alike."""
+    times = [[] for _ in models]
+    for round_index in range(warmup + runs):
+        for model, record in zip(models, times):
+            synchronize(pixels.device)
+            start = time.perf_counter()
+            model(pixels)
+            synchronize(pixels.device)
+            if round_index >= warmup:
+                record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def stage_figure(view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> Image.Image:
+    """One stage drawn on the model's view (2× up, so the hatching is fine), its summary as the title and a legend
+    below, as an RGB image of the same size for every stage."""
+    overlay = stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid)
+    figure = Figure(figsize=(4.4, 5.6), dpi=100)  # not pyplot's: nothing global to close
+    axis = figure.add_axes((0.03, 0.25, 0.94, 0.64))  # room above for the title, below for the legend
+    axis.imshow(overlay)
+    axis.set_axis_off()
+    axis.set_title(textwrap.fill(stage_summary(stage), 40), fontsize=11)
+    noun = MERGED_NAMES.get(method, "merged token")
+    handles = []
+    hatched = dict(edgecolor="black", hatch="///")
+    if bool(stage.kept[0].any()):
+        handles.append(Patch(facecolor="white", edgecolor="black", label="kept patch (white border)"))
+    merged = merged_token_indices(stage)
+    if len(merged) <= 6:
+        handles += [
+            Patch(facecolor=np.array(merged_token_colour(j)) / 255, label=f"{noun} {j + 1}", **hatched)
+            for j in merged
+        ]
+    else:
+        handles.append(Patch(facecolor="white", label=f"{len(merged)} {noun}s, a colour each", **hatched))
+    if bool(stage.dropped[0].any()):
+        handles.append(Patch(facecolor="0.2", edgecolor="black", label="dropped (grey)"))
+    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.235), ncol=2, fontsize=9, frameon=False)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def amplitude_plot(unreduced: list[float], reduced: list[float], stages: list[int]) -> Figure:
+    """The relative log amplitude at π after each layer, unreduced against reduced; `stages` are 0-based."""
+    figure = Figure(figsize=(6, 3.2))
+    axis = figure.subplots()
     layers = range(1, len(unreduced) + 1)
     axis.plot(layers, unreduced, "o-", label="unreduced")
     axis.plot(layers, reduced, "s-", label="reduced")
     for layer in stages:
         axis.axvline(layer + 1, color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("block (dotted: reduction)")
+    axis.set_xticks(list(layers))
+    axis.set_xlabel("layer (from 1; dotted: reduction layers)")
     axis.set_ylabel("log amplitude at π (rel. to 0)")
-    axis.set_title("High-frequency amplitude per block")
+    axis.set_title("High-frequency amplitude after each layer")
     axis.legend()
     figure.tight_layout()
     return figure
 
 
-def analyse(path, model_id, method, keep_rate, layers_text, windows_text):
-    image = read_image(path)
-    layers = parse_ints(layers_text, "reduction layers")
-    windows = parse_ints(windows_text, "DC windows")
-    unreduced, processor = load_unreduced(model_id.strip() or DEFAULT_MODEL)
-    reduced = load_reduced(model_id.strip() or DEFAULT_MODEL, method, float(keep_rate), layers, windows)
-    pixels = processor(image, return_tensors="pt")["pixel_values"]
+def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
+    """Run the unreduced and the reduced model on the upload: stage pictures, both top-5s, cost and latency, and
+    the per-layer high-frequency amplitude."""
+    image = read_upload(upload)
+    if method not in TRAINING_FREE_METHODS:
+        raise gr.Error(f"Method: one of {', '.join(TRAINING_FREE_METHODS)}, got {method!r}")
+    try:
+        keep_rate = float(keep_rate)
+    except (TypeError, ValueError) as error:
+        raise gr.Error(f"Keep rate: a number in (0, 1], got {keep_rate!r}") from error
+    loaded = load_model(model_source(model_text))
+    unreduced = loaded.unreduced
+    layers = reduction_layers(layers_text, unreduced.config.num_hidden_layers)
+    reduced = loaded.reduced(method, keep_rate, layers, parse_ints(windows_text, "DC windows"))
+    pixels = loaded.processor(image, return_tensors="pt")["pixel_values"].to(DEVICE)
     patch = reduced.config.patch_size
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
     with torch.inference_mode():
         base = unreduced(pixels, output_hidden_states=True)
         out = reduced(pixels, output_hidden_states=True, output_token_provenance=True)
-        base_latency, reduced_latency = median_latency(unreduced, pixels), median_latency(reduced, pixels)
-    view = input_view(pixels[0], processor)
-    overlays = [(stage_overlay(view, stage, grid), stage_summary(stage)) for stage in out.token_provenance]
-    stages = [stage.layer for stage in out.token_provenance]
+        base_latency, reduced_latency = median_latencies([unreduced, reduced], pixels)
+    view = input_view(pixels[0], loaded.processor)
+    stages = [(stage_figure(view, stage, grid, method), f"layer {stage.layer + 1}") for stage in out.token_provenance]
     figure = amplitude_plot(
         layer_high_frequency(base.hidden_states, None, grid),
         layer_high_frequency(out.hidden_states, out.token_provenance, grid),
-        stages,
+        [stage.layer for stage in out.token_provenance],
     )
     lengths = [h.shape[1] for h in out.hidden_states]
     token_counts = [n for i, n in enumerate(lengths) if i == 0 or n != lengths[i - 1]]
     base_macs, reduced_macs = count_macs(unreduced.config) / 1e9, count_macs(reduced.config) / 1e9
     stats = (
-        "| | GMACs | latency (ms, batch 1) |\n|---|---|---|\n"
+        "| model | GMACs | latency (ms) |\n|---|---|---|\n"
         f"| unreduced | {base_macs:.2f} | {1000 * base_latency:.1f} |\n"
-        f"| {method}, keep {keep_rate} | {reduced_macs:.2f} | {1000 * reduced_latency:.1f} |\n\n"
+        f"| {method}, keep {keep_rate:g} | {reduced_macs:.2f} | {1000 * reduced_latency:.1f} |\n\n"
+        f"Latency: median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up, batch size 1, "
+        f"{describe(DEVICE)}, {str(unreduced.dtype).removeprefix('torch.')}.  \n"
         f"Tokens: {' → '.join(str(n) for n in token_counts)}"
     )
     id2label = unreduced.config.id2label
-    return overlays, top5(out.logits[0], id2label), top5(base.logits[0], id2label), stats, figure
+    return stages, top5(out.logits[0], id2label), top5(base.logits[0], id2label), stats, figure
+
+
+def check_upload(upload) -> None:
+    """Tell the user at once when an upload cannot be read (not an image, corrupt, too large)."""
+    read_upload(upload)
 
 
 def example_images() -> list[str]:
@@ -187,34 +340,45 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="FreqViT token reduction") as demo:
         gr.Markdown(
             "# Frequency-aware token reduction\n"
-            "Which patches a ViT keeps (high-frequency tokens, outlined), which it averages into each DC token "
-            "(one colour per DC window) and which are gone (grey), at every reduction stage. "
-            "Lee et al., NeurIPS 2025, with the freqtr-hf library."
+            "Which patches a ViT keeps (high-frequency tokens, white borders), which it averages into each DC token "
+            "(hatched and outlined, one colour per token) and which are gone (grey), at every reduction layer. "
+            "Lee et al., NeurIPS 2025, with the freqtr-hf library. "
+            f"Runs on **{describe(DEVICE)}**."
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="image-upload")
-                model_id = gr.Textbox(DEFAULT_MODEL, label="Model (Hub id or local folder)")
+                upload = gr.Image(
+                    type="filepath", sources=["upload", "clipboard"], label="Image", height=260, elem_id="image-upload"
+                )
+                gr.Examples(example_images(), inputs=upload, label="Examples (scikit-image photos)")
+                model_id = gr.Textbox(default_model(), label="Model (Hub id, or a folder this Space allows)")
                 method = gr.Dropdown(list(TRAINING_FREE_METHODS), value="freq", label="Method")
                 keep_rate = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="Keep rate")
-                layers = gr.Textbox("3, 6, 9", label="Reduction layers (0-based)")
-                windows = gr.Textbox("2, 1, 1", label="DC windows per layer (w × w)")
+                layers = gr.Textbox(
+                    DEFAULT_BLOCKS, label="Reduction layers (numbered from 1, as in the paper: 4, 7, 10)"
+                )
+                windows = gr.Textbox("2, 1, 1", label="DC windows per reduction layer (w × w)")
                 run = gr.Button("Run", variant="primary", elem_id="run")
-                gr.Examples(example_images(), inputs=upload, label="Examples (scikit-image photos)")
             with gr.Column(scale=2):
                 stages = gr.Gallery(label="Reduction stages", columns=3, height="auto", elem_id="stages")
                 with gr.Row():
                     reduced_top5 = gr.Label(num_top_classes=5, label="Reduced model: top-5", elem_id="reduced-top5")
                     base_top5 = gr.Label(num_top_classes=5, label="Unreduced model: top-5", elem_id="base-top5")
-                stats = gr.Markdown(elem_id="stats")
-                plot = gr.Plot(label="High-frequency log amplitude per block")
+                stats = gr.Markdown(label="Cost and latency", elem_id="stats")
+                plot = gr.Plot(label="High-frequency log amplitude per layer", elem_id="amplitude")
+        # preprocess=False: the raw upload reaches read_upload, which checks the size before anything decodes it
+        upload.upload(check_upload, inputs=upload, preprocess=False, api_visibility="private", concurrency_id="model")
         run.click(
             analyse,
             inputs=[upload, model_id, method, keep_rate, layers, windows],
             outputs=[stages, reduced_top5, base_top5, stats, plot],
+            api_name="analyse",
+            preprocess=False,
             concurrency_limit=2,
+            concurrency_id="model",
         )
-    return demo.queue(max_size=32)
+    # a request beyond the queue gets Gradio's "This application is currently busy. Please try again."
+    return demo.queue(max_size=int(os.environ.get("FREQTR_QUEUE_SIZE", "16")))
 
 
 if __name__ == "__main__":
