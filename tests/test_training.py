@@ -1,13 +1,17 @@
 """The fine-tuning script (accelerate, one CPU process), publishing, and the Trainer example, on tiny data."""
 
 import json
+import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification, ViTImageProcessor
@@ -15,10 +19,21 @@ from transformers import ViTForImageClassification, ViTImageProcessor
 from conftest import tiny_config
 from test_loading import EXPORT_CHECK
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
 import finetune  # noqa: E402
 import trainer_example  # noqa: E402
-from publish import publish_to_hub  # noqa: E402
+from freqtr_hf.publishing import publish_to_hub  # noqa: E402
+
+CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
+
+
+def write_images(folder: Path, classes: list[str], count: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +44,8 @@ def tiny_run(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     ViTForImageClassification(config).save_pretrained(root / "model")
     ViTImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 4)):
-        for label in range(2):
-            folder = root / split / f"class {label}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    write_images(root / "train", ["class 0", "class 1"], 8)
+    write_images(root / "val", ["class 0", "class 1"], 4, seed=1)
     return root
 
 
@@ -47,6 +57,20 @@ def run_args(root: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
+def assert_same_weights(expected_file: Path, actual_file: Path) -> None:
+    expected, actual = load_file(expected_file), load_file(actual_file)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=0, rtol=0, msg=key)
+
+
+def measured(results: dict) -> dict:
+    """What a run computes, without the timings (images/s) and the command line."""
+    rows = {key: {k: v for k, v in results[key].items() if k != "images_per_second"}
+            for key in ("before", "after", "unreduced") if key in results}
+    return {"steps": results["steps"], "gmacs": results["gmacs"], "history": results["history"], **rows}
+
+
 def test_finetune_writes_results_model_card_and_curve(tiny_run, tmp_path):
     results = finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "3", "--eval_steps", "2",
                                      "--with_tracking"))
@@ -54,11 +78,21 @@ def test_finetune_writes_results_model_card_and_curve(tiny_run, tmp_path):
     assert {"before", "after", "unreduced", "gmacs"} <= results.keys()
     assert results["gmacs"]["reduced"] < results["gmacs"]["unreduced"]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["history"]["step"] == [1, 2, 3] and len(saved["history"]["eval_top1"]) == 3
+    assert saved["history"]["step"] == [1, 2, 3] and saved["history"]["eval_step"] == [0, 2, 3]
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
-    card = (tmp_path / "model" / "README.md").read_text()
-    assert "trust_remote_code=True" in card and "lee2025frequency" in card and "GMACs" in card
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.rglob("*"))  # tensorboard
+
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.pipeline_tag == "image-classification" and "freq" in data.tags
+    assert data.base_model is None  # a local folder, not a Hub id
+    metrics = {result.metric_name: result.metric_value for result in data.eval_results}
+    assert metrics["top-1 % (reduced, fine-tuned)"] == round(100 * results["after"]["top1"], 2)
+    assert metrics["top-1 % (reduced, without fine-tuning)"] == round(100 * results["before"]["top1"], 2)
+    assert metrics["GMACs per image (reduced)"] == round(results["gmacs"]["reduced"], 3)
+    assert "trust_remote_code=True" in card.text and "lee2025frequency" in card.text
+    assert str(tiny_run) not in card.content and str(tmp_path) not in card.content
 
 
 def test_resume_continues_exactly(tiny_run, tmp_path):
@@ -70,32 +104,107 @@ def test_resume_continues_exactly(tiny_run, tmp_path):
     resumed = tmp_path / "resumed"
     finetune.main(run_args(tiny_run, resumed, "--max_train_steps", "6",
                            "--resume_from_checkpoint", str(uninterrupted / "step_2")))
-    expected = load_file(uninterrupted / "model" / "model.safetensors")
-    actual = load_file(resumed / "model" / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert_same_weights(uninterrupted / "model" / "model.safetensors", resumed / "model" / "model.safetensors")
     history = json.loads((resumed / "results.json").read_text())["history"]
     assert history["step"] == [1, 2, 3, 4, 5, 6]
 
 
-def test_an_interrupted_save_leaves_the_last_checkpoint_and_latest_finds_it(tiny_run, tmp_path):
-    finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+def test_resuming_from_the_final_checkpoint_trains_no_further_and_reproduces_the_results(tiny_run, tmp_path):
+    args = run_args(tiny_run, tmp_path, "--max_train_steps", "3", "--checkpointing_steps", "3", "--eval_steps", "2")
+    first = finetune.main(args)
+    first_model = (tmp_path / "model" / "model.safetensors").read_bytes()
+    again = finetune.main([*args, "--resume_from_checkpoint", "latest"])
+    assert again["steps"] == 3 and again["history"]["step"] == [1, 2, 3]
+    assert measured(again) == measured(first)  # the "before" row comes from the checkpoint, not a 0.0
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == first_model
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    metrics = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert metrics["top-1 % (reduced, without fine-tuning)"] == round(100 * first["before"]["top1"], 2)
+
+
+def test_latest_takes_only_complete_step_folders(tiny_run, tmp_path):
+    args = run_args(tiny_run, tmp_path, "--max_train_steps", "3", "--checkpointing_steps", "2")
+    finetune.main(args)
     (tmp_path / "step_4.tmp").mkdir()  # a save that was cut short
     (tmp_path / "step_4.tmp" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "step_best").mkdir()
+    (tmp_path / "step_10.old").mkdir()
     assert [p.name for p in finetune.checkpoints(tmp_path)] == ["step_2"]
-    results = finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "3",
-                                     "--resume_from_checkpoint", "latest"))
-    assert results["steps"] == 3
+    assert finetune.main([*args, "--resume_from_checkpoint", "latest"])["steps"] == 3
+
+
+def test_a_non_empty_output_dir_is_refused_before_any_work(tiny_run, tmp_path):
+    (tmp_path / "notes.txt").write_text("a previous run")
+    # the training folder does not exist: a refusal after any loading would name it instead
+    missing = ["--train_dir", str(tmp_path / "absent")]
+    with pytest.raises(SystemExit, match="is not empty.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
+        finetune.main([*run_args(tiny_run, tmp_path, "--max_train_steps", "2"), *missing])
+
+
+def test_overwrite_output_dir_starts_afresh_and_removes_the_old_checkpoints(tiny_run, tmp_path):
+    finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2"))
+    (tmp_path / "notes.txt").write_text("kept")
+    results = finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--keep_rate", "0.5",
+                                     "--overwrite_output_dir"))
+    assert results["steps"] == 2
+    assert not (tmp_path / "step_2").exists() and not (tmp_path / "step_4").exists()
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [
+    ("--keep_rate", "0.5", "keep_rate"),
+    ("--reduction_method", "topk", "reduction_method"),
+    ("--learning_rate", "0.001", "learning_rate"),
+])
+def test_resuming_with_other_settings_is_refused_naming_the_field(tiny_run, tmp_path, flag, value, field):
+    args = run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    finetune.main(args)
+    with pytest.raises(SystemExit, match=f"cannot resume from .*step_2: it is another job: {field} differs"):
+        finetune.main([*args, flag, value, "--resume_from_checkpoint", "latest"])
+
+
+def test_resuming_with_another_model_is_refused(tiny_run, tmp_path):
+    other = tmp_path / "other_model"
+    torch.manual_seed(1)
+    ViTForImageClassification(tiny_config(reduction_method="none")).save_pretrained(other)
+    ViTImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(other)
+    args = run_args(tiny_run, tmp_path / "run", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    finetune.main(args)
+    with pytest.raises(SystemExit, match="another job: model differs"):
+        finetune.main([*args, "--model_name_or_path", str(other), "--resume_from_checkpoint", "latest"])
+
+
+def test_missing_optional_dependencies_are_reported_at_start(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not importable
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    args = [*run_args(tiny_run, tmp_path, "--with_tracking"), "--train_dir", str(tmp_path / "absent")]
+    with pytest.raises(SystemExit, match=r"missing matplotlib .*tensorboard .*pip install -e \"\.\[train\]\""):
+        finetune.main(args)
 
 
 def test_a_broken_checkpoint_gives_a_clear_error(tiny_run, tmp_path):
     broken = tmp_path / "step_2"
     broken.mkdir(parents=True)
     (broken / "model.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="cannot resume from .*step_2"):
+    with pytest.raises(SystemExit, match="cannot resume from .*step_2: its run_state.json is missing or damaged"):
         finetune.main(run_args(tiny_run, tmp_path / "out", "--max_train_steps", "3",
                                "--resume_from_checkpoint", str(broken)))
+    (broken / "run_state.json").write_text('{"step": 2, "hist')  # cut short
+    with pytest.raises(SystemExit, match="run_state.json is missing or damaged .*JSONDecodeError"):
+        finetune.main(run_args(tiny_run, tmp_path / "out", "--max_train_steps", "3",
+                               "--resume_from_checkpoint", str(broken)))
+
+
+def test_training_reads_16_bit_images_like_their_8_bit_version(tmp_path):
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    Image.fromarray((gradient // 257).astype(np.uint8)).save(tmp_path / "flat.png")
+    processor = ViTImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False)
+    collate = finetune.make_collate(processor, [0], train=False)
+    rows = [{"image": {"path": str(tmp_path / name), "bytes": None}, "label": 0} for name in ("deep.png", "flat.png")]
+    pixels = collate(rows)["pixel_values"]
+    torch.testing.assert_close(pixels[0], pixels[1], atol=0.01, rtol=0)
+    assert pixels[0].std() > 0.5  # a gradient, not a white image
 
 
 def test_distill_only_and_dynamicvit_train(tiny_run, tmp_path):
@@ -125,7 +234,7 @@ def test_the_folder_to_publish_loads_in_a_fresh_process_and_is_uploaded(tiny_run
     folder = tmp_path / "model"
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_freqvit.py", "preprocessor_config.json", "README.md"} <= names
-    assert "user/freqvit-tiny" in (folder / "README.md").read_text()
+    assert 'from_pretrained("user/freqvit-tiny", trust_remote_code=True)' in (folder / "README.md").read_text()
 
     from freqtr_hf import FreqViTForImageClassification
 
@@ -156,4 +265,96 @@ def test_trainer_example_runs_a_few_steps(tiny_run, tmp_path):
     assert trainer.state.global_step == 3
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses))
-    assert (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "preprocessor_config.json").exists()
+
+
+def test_trainer_example_labels_wordnet_folders_with_readable_names(tiny_run, tmp_path):
+    write_images(tmp_path / "train", ["n01440764", "n02102040"], 2)
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("n01440764 tench, Tinca tinca\nn02102040 English springer, English springer spaniel\n")
+    trainer = trainer_example.main([
+        "--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(tmp_path / "train"),
+        "--synsets", str(synsets), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+        "--per_device_train_batch_size", "4",
+    ])
+    assert trainer.model.config.id2label == {0: "tench", 1: "English springer"}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {"0": "tench", "1": "English springer"}
+
+
+def test_trainer_example_offline_says_so_in_one_line(tiny_run, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "training" / "trainer_example.py"), "--train_dir", str(tiny_run / "train"),
+         "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "cannot load 'facebook/deit-tiny-patch16-224'" in last_line and "pass local folders" in last_line
+
+
+class FinetuneProcess:
+    """`python training/finetune.py` in a subprocess, SIGKILLed at a chosen point."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        with open(log, "w") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "training" / "finetune.py"), *args], stdout=handle, stderr=handle,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+
+    def kill_when(self, ready, timeout: float = 120.0) -> None:
+        """SIGKILL the process as soon as `ready()` holds, polled every millisecond."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert self.process.poll() is None, f"finished before the kill point:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the kill point never came"
+            time.sleep(0.001)
+        self.process.kill()
+        self.process.wait()
+
+    def finish(self) -> None:
+        assert self.process.wait(timeout=300) == 0, self.log.read_text()[-3000:]
+
+
+def assert_complete_checkpoints(output: Path) -> None:
+    for checkpoint in finetune.checkpoints(output):
+        assert CHECKPOINT_FILES <= {p.name for p in checkpoint.iterdir()}, checkpoint
+        assert finetune.read_run_state(checkpoint)["step"] == int(checkpoint.name.removeprefix("step_"))
+
+
+def test_killed_anywhere_and_resumed_it_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
+    """SIGKILL inside a checkpoint write, at a random moment, and while the final model is written; each time the
+    same command (`--resume_from_checkpoint latest`) continues, and the end equals the uninterrupted run."""
+    settings = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "3"]
+    uninterrupted = tmp_path / "uninterrupted"
+    expected = finetune.main(run_args(tiny_run, uninterrupted, *settings))
+
+    output = tmp_path / "killed"
+    command = run_args(tiny_run, output, *settings, "--resume_from_checkpoint", "latest")
+    rng = random.Random(0)
+    moment = {}
+
+    def random_moment_after_step_4() -> bool:  # the previous kill came inside the save of step_4
+        if (output / "step_4").exists():
+            moment.setdefault("at", time.monotonic() + rng.uniform(0.0, 0.4))
+        return "at" in moment and time.monotonic() >= moment["at"]
+
+    kill_points = [
+        ("inside the save of step_4", lambda: (output / "step_4.tmp").exists(), "step_4.tmp"),
+        ("at a random moment after step_4", random_moment_after_step_4, None),
+        ("while the final model folder is written", lambda: (output / "model.tmp").exists(), "model.tmp"),
+    ]
+    for number, (where, ready, caught) in enumerate(kill_points):
+        FinetuneProcess(command, tmp_path / f"kill{number}.log").kill_when(ready)
+        if caught:  # the kill came before the rename: the half-written folder is still there
+            assert (output / caught).exists(), where
+        assert_complete_checkpoints(output)
+    assert finetune.checkpoints(output)[-1].name == "step_6"  # the last kill came after the final checkpoint
+    FinetuneProcess(command, tmp_path / "final.log").finish()
+
+    assert_same_weights(uninterrupted / "model" / "model.safetensors", output / "model" / "model.safetensors")
+    assert measured(json.loads((output / "results.json").read_text())) == measured(expected)
+    assert not list(output.glob("*.tmp")) and not list(output.glob("*.old"))

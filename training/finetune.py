@@ -10,76 +10,160 @@ Multi-GPU, multi-node, DeepSpeed and FSDP come from `accelerate config`, as for 
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 import evaluate
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
-from freqtr_hf.evaluation import METRIC_SCRIPT, label_mapping, load_images
+from freqtr_hf.evaluation import METRIC_SCRIPT, label_mapping, load_images, read_synsets
+from freqtr_hf.fingerprint import file_digest, files_digest, mismatch, model_digest
+from freqtr_hf.images import read_image
+from freqtr_hf.publishing import (
+    gmacs, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
+)
 
-from publish import publish_to_hub, write_model_card
 
-
-CHECKPOINT_PREFIX = "step_"
+CHECKPOINT = re.compile(r"step_(\d+)")
+RUN_STATE = "run_state.json"  # in a checkpoint: step, history, "before" evaluation, the job's fingerprint
+RUN_FILE = "run.json"  # in --output_dir: the job's fingerprint, written before the first step
+TRACKER_PROJECT = "freqtr_finetune"
+# the settings that make a job: a resume must have the same (output, logging and checkpoint timing may change)
+JOB_SETTINGS = (
+    "dataset_name", "train_split", "validation_split", "validation_every", "max_train_samples",
+    "per_device_train_batch_size", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
+    "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
+    "distill_only", "seed", "eval_steps", "reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes",
+)
+INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224",
+                        help="Hub id or folder of a ViT/DeiT/FreqViT checkpoint")
     parser.add_argument("--dataset_name", help="a Hub dataset id (or a folder saved with save_to_disk)")
     parser.add_argument("--train_dir", help="a folder of class sub-folders")
     parser.add_argument("--validation_dir", help="a folder of class sub-folders")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--validation_split", default="validation")
+    parser.add_argument("--train_split", default="train", help="split of --dataset_name to train on")
+    parser.add_argument("--validation_split", default="validation", help="split of --dataset_name to evaluate on")
     parser.add_argument("--validation_every", type=int, default=1, help="evaluate on every N-th validation image")
-    parser.add_argument("--max_train_samples", type=int)
+    parser.add_argument("--max_train_samples", type=int, help="train on the first N images only")
     parser.add_argument("--synsets", help="class list mapping folder names (wnids) to the pretrained head's classes")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=64)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--weight_decay", type=float, default=2e-5)
-    parser.add_argument("--num_train_epochs", type=int, default=30)
-    parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--lr_scheduler_type", default="cosine")
-    parser.add_argument("--num_warmup_steps", type=int, default=0)
-    parser.add_argument("--ema_decay", type=float, default=0.9998, help="0 disables the EMA")
-    parser.add_argument("--distill_weight", type=float, default=0.5)
+    parser.add_argument("--output_dir", required=True, help="checkpoints, model/, results.json, learning_curve.png")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="start afresh in a non-empty --output_dir, removing the previous run's checkpoints and outputs")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=64, help="images per step and process")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="images per evaluation batch")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--weight_decay", type=float, default=2e-5, help="AdamW weight decay")
+    parser.add_argument("--num_train_epochs", type=int, default=30, help="epochs, unless --max_train_steps is given")
+    parser.add_argument("--max_train_steps", type=int, help="optimizer steps in all; overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
+    parser.add_argument("--lr_scheduler_type", default="cosine", help="a transformers scheduler name")
+    parser.add_argument("--num_warmup_steps", type=int, default=0, help="learning-rate warm-up steps")
+    parser.add_argument("--ema_decay", type=float, default=0.9998, help="EMA of the weights; 0 disables it")
+    parser.add_argument("--distill_weight", type=float, default=0.5, help="weight of the KL term next to CE")
     parser.add_argument("--distill_only", action="store_true", help="loss: KL to the teacher alone, no labels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler, the augmentation and new weights")
     parser.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
-    parser.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
-    parser.add_argument("--eval_steps", type=int, help="evaluate every N steps (and always at the end)")
-    parser.add_argument("--with_tracking", action="store_true")
-    parser.add_argument("--report_to", default="tensorboard")
+    parser.add_argument("--resume_from_checkpoint",
+                        help="a checkpoint folder (step_N), or 'latest': the newest in --output_dir")
+    parser.add_argument("--eval_steps", type=int, help="evaluate every N steps (and always before and at the end)")
+    parser.add_argument("--with_tracking", action="store_true", help="log metrics to --report_to")
+    parser.add_argument("--report_to", default="tensorboard", help="accelerate tracker for --with_tracking")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: bf16 where supported")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id")
-    parser.add_argument("--hub_token")
-    parser.add_argument("--reduction_method", default="freq", choices=[m for m in REDUCTION_METHODS if m != "none"])
-    parser.add_argument("--keep_rate", type=float, nargs="+", default=[0.7])
-    parser.add_argument("--reduction_layers", type=int, nargs="+", default=[3, 6, 9])
-    parser.add_argument("--dc_window_sizes", type=int, nargs="+", default=[2, 1, 1])
+    parser.add_argument("--push_to_hub", action="store_true", help="upload output_dir/model to --hub_model_id")
+    parser.add_argument("--hub_model_id", help="the Hub repository (user/name) the model is published as")
+    parser.add_argument("--hub_token", help="Hub token (default: the one `hf auth login` stored)")
+    parser.add_argument("--license", help="license of the model card (default: the base model's, else apache-2.0)")
+    parser.add_argument("--reduction_method", default="freq", choices=[m for m in REDUCTION_METHODS if m != "none"],
+                        help="token reduction method of the student")
+    parser.add_argument("--keep_rate", type=float, nargs="+", default=[0.7],
+                        help="one keep rate, or one per reduction layer")
+    parser.add_argument("--reduction_layers", type=int, nargs="+", default=[3, 6, 9],
+                        help="0-based blocks that reduce")
+    parser.add_argument("--dc_window_sizes", type=int, nargs="+", default=[2, 1, 1],
+                        help="per reduction layer, w: w x w DC windows (freq)")
     args = parser.parse_args(argv)
     if not (args.dataset_name or args.train_dir):
         parser.error("give --dataset_name or --train_dir")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
+    if args.validation_every < 1:
+        parser.error(f"--validation_every must be >= 1, got {args.validation_every}")
     return args
+
+
+def check_output_dir(args) -> None:
+    """Before any work: refuse to write a new run over an existing one."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SystemExit(f"--output_dir {output_dir} is a file")
+    if args.resume_from_checkpoint or args.overwrite_output_dir:
+        return
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise SystemExit(
+            f"--output_dir {output_dir} is not empty; continue its run with --resume_from_checkpoint latest, or pass "
+            "--overwrite_output_dir to start afresh"
+        )
+
+
+def missing_dependencies(args) -> list[str]:
+    """The optional packages this run needs but cannot import: matplotlib for the learning curve, tensorboard for
+    --with_tracking (its default tracker)."""
+    needed = {"matplotlib": "learning_curve.png"}
+    if args.with_tracking and args.report_to in ("tensorboard", "all"):
+        needed["tensorboard"] = "--with_tracking"
+    return [f"{module} (for {use})" for module, use in needed.items() if importlib.util.find_spec(module) is None]
+
+
+def remove_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: remove what an earlier run wrote (checkpoints, model, results, logs), so that no
+    stale checkpoint is resumed later. Other files are left alone."""
+    for path in output_dir.iterdir():
+        stem = path.name.removesuffix(".tmp").removesuffix(".old")
+        if CHECKPOINT.fullmatch(stem) or stem in ("model", TRACKER_PROJECT):
+            shutil.rmtree(path)
+        elif path.name in (RUN_FILE, "results.json", "learning_curve.png"):
+            path.unlink()
+
+
+@contextmanager
+def loading(model: str, data: str):
+    """One line instead of a traceback when a model or data set cannot be loaded (the Hub unreachable, a folder
+    that does not exist, a checkpoint or setting that is refused)."""
+    try:
+        yield
+    except (OSError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(
+            f"cannot load {model!r} or {data!r} ({first_line}); without the Hugging Face Hub, pass local folders "
+            "with --model_name_or_path and --train_dir"
+        ) from error
+    except ValueError as error:  # the config's checks and the image reader name the field or file
+        raise SystemExit(str(error)) from error
 
 
 def random_resized_crop_and_flip(
@@ -110,15 +194,16 @@ def random_resized_crop_and_flip(
 
 
 def make_collate(processor, label_of: list[int], train: bool):
-    """Preprocess a batch of rows: the processor's resize (and, for evaluation, centre crop) and normalisation.
-    Training batches keep the resized image uncropped, for `random_resized_crop_and_flip`."""
+    """Preprocess a batch of rows: each image read by `read_image` (any mode to 8-bit RGB, errors naming the file),
+    then the processor's resize (and, for evaluation, centre crop) and normalisation. Training batches keep the
+    resized image uncropped, for `random_resized_crop_and_flip`."""
     resize_only = {}
     if train and getattr(processor, "do_center_crop", False):
         edge = processor.size.get("shortest_edge", processor.crop_size["height"])
         resize_only = {"size": {"height": edge, "width": edge}, "do_center_crop": False}
 
     def collate(rows):
-        images = [row["image"].convert("RGB") for row in rows]
+        images = [read_image(row["image"]) for row in rows]
         pixels = processor(images, return_tensors="pt", **resize_only)["pixel_values"]
         labels = torch.tensor([label_of[row["label"]] if "label" in row else -1 for row in rows])
         return {"pixel_values": pixels, "labels": labels}
@@ -131,17 +216,31 @@ def model_input_size(processor) -> tuple[int, int]:
     return size["height"], size["width"]
 
 
-def load_split(args, train: bool):
+def load_training_images(data: str, split: str = "train", every: int = 1) -> datasets.Dataset:
+    """`load_images` with the images left undecoded (`{"path", "bytes"}`), so that `read_image` decodes them."""
+    dataset = load_images(data, split=split, every=every)
+    return dataset.cast_column("image", datasets.Image(decode=False))
+
+
+def load_split(args, train: bool) -> datasets.Dataset | None:
+    every = 1 if train else args.validation_every
     if args.dataset_name:
-        split = args.train_split if train else args.validation_split
-        return load_images(args.dataset_name, split=split, every=1 if train else args.validation_every)
+        return load_training_images(args.dataset_name, args.train_split if train else args.validation_split, every)
     folder = args.train_dir if train else args.validation_dir
-    return load_images(folder, every=1 if train else args.validation_every) if folder else None
+    return load_training_images(folder, every=every) if folder else None
+
+
+def class_names(label_names: list[str], synsets: str | None) -> list[str]:
+    """Readable names for dataset classes: a WordNet-id folder (`n01440764`) gets its name in the synset list
+    (`tench`); other folders keep their own name."""
+    by_wnid = dict(read_synsets(synsets)) if synsets else {}
+    return [by_wnid.get(name, name) for name in label_names]
 
 
 def build_student(args, label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
-    pretrained head keep the head (and its labels); otherwise a new head is made and distillation is off."""
+    pretrained head keep the head (and its labels); otherwise a new head is made, with readable class names, and
+    distillation is off."""
     reduction = dict(
         reduction_method=args.reduction_method,
         keep_rate=args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate),
@@ -154,10 +253,11 @@ def build_student(args, label_names: list[str]):
     head = {}
     if label_names and not keep_head:
         label_of = list(range(len(label_names)))
+        names = class_names(label_names, args.synsets)
         head = dict(
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
             ignore_mismatched_sizes=True,
         )
     student = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, **reduction, **head)
@@ -210,25 +310,40 @@ def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
-    """The complete checkpoints in a run folder, oldest first (a save writes `step_N.tmp`, then renames it)."""
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    """The complete checkpoints in a run folder, oldest first: the `step_<int>` folders (a save writes
+    `step_N.tmp`, then renames it; other folders are not checkpoints)."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> None:
-    """Save the full training state; a save cut short leaves only a `.tmp` folder, never a broken checkpoint."""
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    temporary = output_dir / f"{final.name}.tmp"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
+def write_json(path: Path, value) -> None:
+    """Write to a temporary file and rename, so a reader never sees half a file."""
+    temporary = path.with_name(f"{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2))
+    os.replace(temporary, path)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, run_state: dict) -> None:
+    """Save the full training state and `run_state` (step, history, the "before" evaluation, the job's
+    fingerprint) into `step_N.tmp`, then rename it: a save cut short never leaves a `step_N` folder."""
+    final = output_dir / f"step_{run_state['step']}"
+    staging = final.with_name(f"{final.name}.tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        os.replace(temporary, final)
+        write_json(staging / RUN_STATE, run_state)
+        replace_folder(staging, final)
+    accelerator.wait_for_everyone()
 
 
 def resolve_checkpoint(args) -> Path | None:
+    """The checkpoint to resume from: the given folder, or with 'latest' the newest in --output_dir (None where
+    there is none yet: the run starts at step 0)."""
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint == "latest":
@@ -240,9 +355,64 @@ def resolve_checkpoint(args) -> Path | None:
     return path
 
 
+def read_run_state(checkpoint: Path) -> dict:
+    """A checkpoint's run state, or a clear error naming the checkpoint."""
+    try:
+        state = json.loads((checkpoint / RUN_STATE).read_text())
+        for key in ("step", "history", "fingerprint"):
+            state[key]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            f"cannot resume from {checkpoint}: its {RUN_STATE} is missing or damaged ({type(error).__name__}: "
+            f"{error}); it is not a complete checkpoint of this script"
+        ) from error
+    return state
+
+
+def data_digest(dataset: datasets.Dataset | None) -> str | None:
+    """What identifies the images of a local data set: their file names and sizes (None for a Hub or saved data
+    set, which its name and split identify)."""
+    if dataset is None:
+        return None
+    paths = [image["path"] for image in dataset["image"]]
+    if not paths or not all(paths) or not all(os.path.exists(p) for p in paths):
+        return None
+    return files_digest(paths, root=os.path.commonpath(paths))
+
+
+def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerator) -> dict:
+    """Everything that changes what the run computes: the settings, the model's weights, the data's files."""
+    fingerprint = {name: getattr(args, name) for name in JOB_SETTINGS}
+    fingerprint |= {
+        "model": model_digest(args.model_name_or_path, getattr(student.config, "_commit_hash", None)),
+        "train_files": data_digest(train_data),
+        "validation_files": data_digest(eval_data),
+        "synsets": file_digest(args.synsets) if args.synsets else None,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+    return json.loads(json.dumps(fingerprint))  # as it reads back from a file (tuples become lists)
+
+
+def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
+    if saved is not None and (difference := mismatch(saved, fingerprint)):
+        raise SystemExit(f"cannot resume from {source}: it is another job: {difference}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    check_output_dir(args)
+    missing = missing_dependencies(args)
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: install with {INSTALL_TRAIN}")
+    checkpoint = resolve_checkpoint(args)
+    run_state = read_run_state(checkpoint) if checkpoint is not None else None
+    run_file = output_dir / RUN_FILE
+    if args.resume_from_checkpoint and checkpoint is None and output_dir.is_dir() and any(output_dir.iterdir()) \
+            and not run_file.exists():
+        raise SystemExit(f"--resume_from_checkpoint latest: {output_dir} holds no run of this script to resume")
+
     mixed_precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -252,21 +422,32 @@ def main(argv: list[str] | None = None) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
-    train_data = load_split(args, train=True)
-    if args.max_train_samples:
-        train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
-    eval_data = load_split(args, train=False)
-    label_names = train_data.features["label"].names if "label" in train_data.features else []
-    if not label_names and not args.distill_only:
-        raise SystemExit("the training data has no labels: pass --distill_only to train by distillation alone")
-    student, teacher, label_of = build_student(args, label_names)
+    with loading(args.model_name_or_path, args.dataset_name or args.train_dir):
+        train_data = load_split(args, train=True)
+        if args.max_train_samples:
+            train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
+        eval_data = load_split(args, train=False)
+        label_names = train_data.features["label"].names if "label" in train_data.features else []
+        if not label_names and not args.distill_only:
+            raise SystemExit("the training data has no labels: pass --distill_only to train by distillation alone")
+        student, teacher, label_of = build_student(args, label_names)
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     if teacher is None and args.distill_only:
         raise SystemExit("--distill_only needs the pretrained head: the class folders are not its classes")
-    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     input_size = model_input_size(processor)
+
+    # the job's identity, checked against the checkpoint's and the output folder's before any training
+    fingerprint = job_fingerprint(args, student, train_data, eval_data, accelerator)
+    check_same_job(fingerprint, run_state and run_state["fingerprint"], checkpoint)
+    if args.resume_from_checkpoint and run_file.exists():
+        check_same_job(fingerprint, json.loads(run_file.read_text()), output_dir)
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir and output_dir.is_dir():
+            remove_previous_run(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, fingerprint)
+    accelerator.wait_for_everyone()
 
     # its own generator: a new iterator (e.g. the one that skips batches on resume) then draws nothing from the
     # global RNG, which the augmentation uses and the checkpoints save
@@ -285,7 +466,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    epochs = math.ceil(max_steps / updates_per_epoch)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
@@ -303,30 +483,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
     if args.with_tracking:
-        accelerator.init_trackers("freqtr_finetune", config={k: str(v) for k, v in run_config.items()})
+        accelerator.init_trackers(TRACKER_PROJECT, config={k: str(v) for k, v in run_config.items()})
 
-    history = {"step": [], "loss": [], "eval_step": [], "eval_top1": []}
-    before = None
-    if eval_loader is not None and not args.resume_from_checkpoint:
-        before = evaluate_top1(student, eval_loader, accelerator, reference=teacher)
-        history["eval_step"].append(0)
-        history["eval_top1"].append(before.get("top1"))
-
-    step, resume_batches = 0, 0
-    checkpoint = resolve_checkpoint(args)
-    if checkpoint is not None:
+    if run_state is not None:
         try:
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # a missing or broken file: say which checkpoint, keep the cause
             raise SystemExit(f"cannot resume from {checkpoint}: {type(error).__name__}: {error}") from error
-        step = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
-        history_file = checkpoint / "history.json"
-        if history_file.exists():
-            history = json.loads(history_file.read_text())
-        resume_batches = (step % updates_per_epoch) * args.gradient_accumulation_steps
+        step, history, before = run_state["step"], run_state["history"], run_state.get("before")
+        accelerator.print(f"resuming from {checkpoint} at step {step} of {max_steps}")
+    else:
+        step, history, before = 0, {"step": [], "loss": [], "eval_step": [], "eval_top1": []}, None
+        if eval_loader is not None:
+            before = evaluate_top1(student, eval_loader, accelerator, reference=teacher)
+            history["eval_step"].append(0)
+            history["eval_top1"].append(before.get("top1"))
 
+    epoch, resume_batches = divmod(step, updates_per_epoch)
+    resume_batches *= args.gradient_accumulation_steps
     progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
-    for epoch in range(step // updates_per_epoch, epochs):
+    while step < max_steps:
         student.train()
         train_loader.set_epoch(epoch)
         loader = train_loader
@@ -365,13 +541,11 @@ def main(argv: list[str] | None = None) -> dict:
                     accelerator.log({"eval_top1": result.get("top1")}, step=step)
                 student.train()
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step)
-                if accelerator.is_main_process:
-                    (output_dir / f"{CHECKPOINT_PREFIX}{step}" / "history.json").write_text(json.dumps(history))
+                state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint}
+                save_checkpoint(accelerator, output_dir, state)
             if step >= max_steps:
                 break
-        if step >= max_steps:
-            break
+        epoch += 1
     progress.close()
 
     final_model = ema.module if ema is not None else accelerator.unwrap_model(student)
@@ -380,31 +554,49 @@ def main(argv: list[str] | None = None) -> dict:
         after = evaluate_top1(final_model, eval_loader, accelerator, reference=teacher)
         history["eval_step"].append(step)
         history["eval_top1"].append(after.get("top1"))
-        results["after"] = after
-        if before is not None:
-            results["before"] = before
+        results["before"], results["after"] = before, after
         if teacher is not None:
             results["unreduced"] = evaluate_top1(teacher, eval_loader, accelerator)
         if args.with_tracking:
             accelerator.log({"eval_top1": after.get("top1")}, step=step)
     config = accelerator.unwrap_model(student).config
-    unreduced = FreqViTConfig(**{**config.to_dict(), "reduction_method": "none"})
-    results["gmacs"] = {"unreduced": count_macs(unreduced) / 1e9, "reduced": count_macs(config) / 1e9}
+    results["gmacs"] = gmacs(config)
     results["history"] = history
     if args.with_tracking:
         accelerator.end_training()
 
     if accelerator.is_main_process:
         model_dir = output_dir / "model"
-        final_model.save_pretrained(model_dir)
-        processor.save_pretrained(model_dir)
-        write_model_card(model_dir, args, results)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        with staged_folder(model_dir) as staging:
+            write_model_files(staging, final_model, processor)
+            card = model_card(
+                config, base_model=args.model_name_or_path, results=results,
+                eval_data=args.dataset_name or args.validation_dir if eval_loader is not None else None,
+                eval_every=args.validation_every, eval_split=args.validation_split if args.dataset_name else None,
+                train_data=args.dataset_name or args.train_dir, training=training_summary(args, step, accelerator),
+                name=public_name(str(model_dir), parts=2), repo_id=args.hub_model_id, license=args.license,
+            )
+            card.save(staging / "README.md")
+        write_json(output_dir / "results.json", results)
         plot_learning_curve(history, output_dir / "learning_curve.png")
         if args.push_to_hub:
             publish_to_hub(model_dir, args.hub_model_id, token=args.hub_token)
     accelerator.wait_for_everyone()
     return results
+
+
+def training_summary(args, steps: int, accelerator: Accelerator) -> str:
+    """How the model was fine-tuned, for the model card (no local paths: data folders by their last two names)."""
+    data = public_name(args.dataset_name or args.train_dir, parts=2)
+    loss = "KL to the unreduced teacher alone" if args.distill_only else (
+        f"cross-entropy + {args.distill_weight}·KL to the unreduced teacher")
+    return (
+        f"{steps} steps on `{data}`, {args.per_device_train_batch_size} images per step and process × "
+        f"{args.gradient_accumulation_steps} accumulation × {accelerator.num_processes} processes; AdamW, learning "
+        f"rate {args.learning_rate}, weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule with "
+        f"{args.num_warmup_steps} warm-up steps; loss: {loss}; augmentation: random resized crop and flip. "
+        + (f"The weights are the EMA (decay {args.ema_decay}) of the trained ones." if args.ema_decay > 0 else "")
+    ).strip()
 
 
 def plot_learning_curve(history: dict, path: Path) -> None:
@@ -425,8 +617,10 @@ def plot_learning_curve(history: dict, path: Path) -> None:
         top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
     figure.suptitle("FreqViT fine-tuning")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    temporary = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    figure.savefig(temporary, dpi=120)
     plt.close(figure)
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

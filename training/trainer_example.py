@@ -1,9 +1,12 @@
 """Fine-tune a FreqViT with transformers' `Trainer` (cross-entropy; DynamicViT's extra loss is already in `loss`).
 
     python training/trainer_example.py --model_name_or_path facebook/deit-tiny-patch16-224 \
-        --train_dir ../shared/assets/imagenette/train --output_dir out/trainer --max_steps 100
+        --train_dir ../shared/assets/imagenette/train --synsets ../shared/assets/imagenet_synsets.txt \
+        --output_dir out/trainer --max_steps 100
 
-For self-distillation, EMA and resumable checkpoints of the paper's recipe, use `finetune.py`.
+A new classification head is trained for the class folders, labelled with readable names (a WordNet-id folder gets
+its name from --synsets). For self-distillation, EMA and resumable checkpoints of the paper's recipe, use
+`finetune.py`.
 """
 
 import argparse
@@ -11,34 +14,38 @@ import argparse
 from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
 from freqtr_hf import FreqViTForImageClassification
-from freqtr_hf.evaluation import load_images
 
-from finetune import make_collate, model_input_size, random_resized_crop_and_flip
+from finetune import class_names, load_training_images, loading, make_collate, model_input_size, random_resized_crop_and_flip
 
 
 def main(argv: list[str] | None = None) -> Trainer:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224",
+                        help="Hub id or folder of a ViT/DeiT/FreqViT checkpoint")
     parser.add_argument("--train_dir", required=True, help="a folder of class sub-folders")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--max_steps", type=int, default=100)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=32)
-    parser.add_argument("--reduction_method", default="freq")
-    parser.add_argument("--keep_rate", type=float, default=0.7)
+    parser.add_argument("--synsets", help="class list naming WordNet-id folders (imagenet_synsets.txt)")
+    parser.add_argument("--output_dir", required=True, help="where Trainer writes the model")
+    parser.add_argument("--max_steps", type=int, default=100, help="optimizer steps")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=32, help="images per step and device")
+    parser.add_argument("--reduction_method", default="freq", help="token reduction method")
+    parser.add_argument("--keep_rate", type=float, default=0.7, help="keep rate at every reduction layer")
     args = parser.parse_args(argv)
 
-    dataset = load_images(args.train_dir)
-    names = dataset.features["label"].names
-    model = FreqViTForImageClassification.from_pretrained(
-        args.model_name_or_path,
-        reduction_method=args.reduction_method,
-        keep_rate=args.keep_rate,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-        ignore_mismatched_sizes=True,  # a new head for these classes
-    )
-    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    with loading(args.model_name_or_path, args.train_dir):
+        dataset = load_training_images(args.train_dir)
+        names = class_names(dataset.features["label"].names, args.synsets)
+        model = FreqViTForImageClassification.from_pretrained(
+            args.model_name_or_path,
+            reduction_method=args.reduction_method,
+            keep_rate=args.keep_rate,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            ignore_mismatched_sizes=True,  # a new head for these classes
+        )
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=augmenting_collate)
     trainer.train()
     trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
     return trainer
 
 

@@ -1,0 +1,291 @@
+"""Ready-to-push model folders and their model cards, for fine-tuning runs and training-free exports alike.
+
+A model folder holds the weights, the config with its `auto_map`, the modeling code, the image processor and a model
+card (`README.md`) whose metadata the Hub reads: license, library, pipeline tag, base model, datasets, tags, and a
+model-index with the measured top-1 and GMACs. Folders are written beside their destination and renamed into place,
+so an interrupted write never leaves a half-written folder under the final name.
+"""
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .configuration_freqvit import FreqViTConfig
+from .macs import count_macs
+from .token_schedule import patch_grid, sequence_lengths
+
+
+DEFAULT_LICENSE = "apache-2.0"
+INSTALL = 'pip install "transformers>=5" torch pillow'
+CITATION = """@inproceedings{lee2025frequency,
+  title     = {Frequency-Aware Token Reduction for Efficient Vision Transformer},
+  author    = {Lee, Dong-Jae and Hur, Jiwan and Choi, Jaehyun and Yu, Jaemyung and Kim, Junmo},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2025},
+  eprint    = {2511.21477},
+}"""
+# the rows of a card's results table: key in the results dict, label
+RESULT_ROWS = {
+    "unreduced": "unreduced",
+    "before": "reduced, without fine-tuning",
+    "after": "reduced, fine-tuned",
+}
+METHOD_SUMMARIES = {
+    "freq": "frequency-aware token reduction: the high-frequency tokens are kept, the low-frequency ones are "
+    "averaged into DC tokens, and attention is reweighted",
+}
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` names a Hub repository rather than a local folder or file."""
+    if Path(name).exists() or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def public_name(source: str, parts: int = 1) -> str:
+    """How a model or data source appears in a card: a Hub id as it is, a local path by its last `parts` folder
+    names (`imagenette/val`), so that no path of the machine that built the model leaks."""
+    if is_hub_id(source):
+        return source
+    return "/".join(Path(source).resolve().parts[-parts:])
+
+
+def base_model_license(model: str) -> str | None:
+    """The license in the model card of a local folder or Hub repository, None where there is no card or the Hub
+    cannot be reached."""
+    card = Path(model) / "README.md"
+    try:
+        if Path(model).is_dir():
+            return ModelCard.load(card).data.license if card.exists() else None
+        return ModelCard.load(model).data.license if is_hub_id(model) else None
+    except (OSError, ValueError):  # no card on the Hub, no network, a card without metadata
+        return None
+
+
+def gmacs(config: FreqViTConfig) -> dict[str, float]:
+    """GMACs per image of the model and of its unreduced counterpart (same weights, reduction off)."""
+    unreduced = FreqViTConfig(**{**config.to_dict(), "reduction_method": "none"})
+    return {"unreduced": count_macs(unreduced) / 1e9, "reduced": count_macs(config) / 1e9}
+
+
+def token_counts(config: FreqViTConfig) -> list[int]:
+    """The sequence lengths the model goes through at its configured image size, e.g. [197, 142, 97, 68]."""
+    grid = patch_grid(config.image_size, config.patch_size)
+    lengths = []
+    for attention_length, mlp_length in sequence_lengths(
+        config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid
+    ):
+        for length in (attention_length, mlp_length):
+            if not lengths or lengths[-1] != length:
+                lengths.append(length)
+    return lengths
+
+
+def model_card(
+    config: FreqViTConfig,
+    base_model: str,
+    results: dict[str, dict] | None = None,
+    eval_data: str | None = None,
+    eval_every: int = 1,
+    eval_split: str | None = None,
+    train_data: str | None = None,
+    training: str | None = None,
+    name: str = "freqvit",
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The model card of a FreqViT folder.
+
+    `results` maps `"unreduced"`, `"before"` (reduced, not fine-tuned) and `"after"` (fine-tuned) to measurements
+    with `top1` (None without labels), `agreement` (with the unreduced model) and `images_per_second`. `training`
+    is a Markdown paragraph on how the model was fine-tuned (None: it was not). `name` is the folder's name, used
+    where there is no `repo_id`. `license` defaults to the base model's, else Apache-2.0."""
+    results = results or {}
+    repo = repo_id or name
+    macs = gmacs(config)
+    datasets = [source for source in (train_data, eval_data) if source and is_hub_id(source)]
+    eval_results = _eval_results(results, macs, eval_data, eval_split) if eval_data else None
+    card_data = ModelCardData(
+        license=license or base_model_license(base_model) or DEFAULT_LICENSE,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        base_model=base_model if is_hub_id(base_model) else None,
+        datasets=list(dict.fromkeys(datasets)) or None,
+        tags=["vision", "image-classification", "token-reduction", "freqvit", config.reduction_method],
+        model_name=repo if eval_results else None,
+        eval_results=eval_results,
+    )
+    method = config.reduction_method
+    how = "fine-tuned by self-distillation from the unreduced model" if training else "used as it is, without fine-tuning"
+    sections = [
+        f"# {repo}",
+        f"`{public_name(base_model)}` with **{method}** token reduction "
+        f"({METHOD_SUMMARIES.get(method, 'a baseline token-reduction method')}), {how}. "
+        "The method: Lee et al., *Frequency-Aware Token Reduction for Efficient Vision Transformer*, NeurIPS 2025 "
+        "([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); the model was made with freqtr-hf.",
+        _reduction_table(config),
+        _results_section(results, macs, eval_data, eval_every, eval_split),
+    ]
+    if training:
+        sections.append(f"## Training\n\n{training}")
+    sections += [_usage(repo), f"## Citation\n\n```bibtex\n{CITATION}\n```"]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def _eval_results(results: dict, macs: dict, data: str, split: str | None) -> list[EvalResult]:
+    """model-index entries: top-1 (%) and agreement (%) per measured row, GMACs of both models."""
+    dataset = dict(
+        task_type="image-classification",
+        dataset_type=data if is_hub_id(data) else "imagefolder",
+        dataset_name=public_name(data, parts=2),
+        dataset_split=split if is_hub_id(data) else None,
+    )
+    entries = []
+    for key, label in RESULT_ROWS.items():
+        result = results.get(key) or {}
+        if result.get("top1") is not None:
+            entries.append(EvalResult(**dataset, metric_type="accuracy", metric_name=f"top-1 % ({label})",
+                                      metric_value=round(100 * result["top1"], 2)))
+        if key != "unreduced" and result.get("agreement") is not None:
+            entries.append(EvalResult(**dataset, metric_type="agreement",
+                                      metric_name=f"agreement with unreduced % ({label})",
+                                      metric_value=round(100 * result["agreement"], 2)))
+    for key in ("unreduced", "reduced"):
+        entries.append(EvalResult(**dataset, metric_type="gmacs", metric_name=f"GMACs per image ({key})",
+                                  metric_value=round(macs[key], 3)))
+    return entries
+
+
+def _reduction_table(config: FreqViTConfig) -> str:
+    rows = [("reduction_method", config.reduction_method)]
+    if config.tome_r is not None:
+        rows.append(("tome_r", f"{config.tome_r} tokens merged in every block"))
+    else:
+        rows += [("reduction_layers", f"{list(config.reduction_layers)} (0-based blocks)"),
+                 ("keep_rate", config.keep_rate)]
+        if config.reduction_method == "freq":
+            rows.append(("dc_window_sizes", list(config.dc_window_sizes)))
+    rows.append(("tokens", " → ".join(str(n) for n in token_counts(config))))
+    lines = ["## Reduction", "", "| setting | value |", "|---|---|"]
+    return "\n".join(lines + [f"| `{field}` | {value} |" for field, value in rows])
+
+
+def _results_section(results: dict, macs: dict, data: str | None, every: int, split: str | None) -> str:
+    header = ["## Results", "", "| model | top-1 % | agreement with unreduced % | GMACs | images/s |",
+              "|---|---|---|---|---|"]
+    rows = []
+    for key, label in RESULT_ROWS.items():
+        result = results.get(key)
+        if key != "unreduced" and result is None:
+            continue
+        result = result or {}
+        rows.append(
+            f"| {label} | {_percent(result.get('top1'))} | {_percent(result.get('agreement'))} "
+            f"| {macs['unreduced' if key == 'unreduced' else 'reduced']:.2f} "
+            f"| {_number(result.get('images_per_second'))} |"
+        )
+    if data is None:
+        note = "Accuracy was not measured (no evaluation data was given); GMACs are counted analytically."
+    else:
+        source = f"the Hub dataset `{data}`" + (f" (split `{split}`)" if split else "") if is_hub_id(data) else (
+            f"the local image folder `{public_name(data, parts=2)}`")
+        step = "every image" if every == 1 else f"every {every}-th image (files sorted by path)"
+        note = (f"Measured on {source}, {step}. Images/s were measured on the machine that built the model and "
+                "only compare the rows with each other.")
+    return "\n".join(header + rows + ["", note])
+
+
+def _usage(repo: str) -> str:
+    return f"""## How to use
+
+The modeling code comes with the weights, so only transformers and torch are needed:
+
+```bash
+{INSTALL}
+```
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("{repo}", trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained("{repo}")
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    logits = model(**processor(image, return_tensors="pt")).logits
+print(model.config.id2label[logits.argmax(-1).item()])
+```
+
+Or as a pipeline:
+
+```python
+from transformers import pipeline
+
+print(pipeline("image-classification", model="{repo}", trust_remote_code=True)("image.jpg"))
+```"""
+
+
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.1f}" if value is not None else "–"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.1f}" if value else "–"
+
+
+def write_model_files(folder: Path, model, processor) -> None:
+    """The files of a model folder but its card: weights, config with `auto_map` and modeling code (`save_pretrained`
+    of a FreqViT writes all three), and the image processor. The card (`model_card(...)`) goes to `README.md`."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Move the complete folder `source` to `target`. An existing `target` is moved aside to `<target>.old` first and
+    removed last, so a kill at any moment leaves either the old or the new folder complete."""
+    old = target.with_name(f"{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A fresh `<folder>.tmp` to fill; when the block completes it replaces `folder` (see `replace_folder`)."""
+    staging = folder.with_name(f"{folder.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted write
+    staging.mkdir(parents=True)
+    yield staging
+    replace_folder(staging, folder)
+
+
+def check_output_folder(folder: Path, overwrite: bool, flag: str = "overwrite") -> None:
+    """Refuse a folder that exists and is not empty, unless overwriting was asked for."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"{folder} is not empty; pick another folder, or pass {flag} to replace what is there")
+
+
+def publish_to_hub(folder: Path, repo_id: str, token: str | None = None, api: HfApi | None = None) -> str:
+    """Create the model repository if needed and upload the folder. Returns the commit URL."""
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload FreqViT")
+    return str(commit)
