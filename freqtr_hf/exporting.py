@@ -1,0 +1,107 @@
+"""A training-free FreqViT, ready to push: a ViT/DeiT checkpoint with a reduction schedule, measured and carded.
+
+    export_model("facebook/deit-small-patch16-224", "freqvit-small", {"keep_rate": 0.7}, data="imagenet/val")
+
+writes a folder that loads anywhere with `AutoModelForImageClassification.from_pretrained(folder,
+trust_remote_code=True)`: weights, config with `auto_map`, modeling code, image processor and a model card whose
+model-index holds the top-1 and GMACs measured here, reduced against unreduced.
+"""
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoImageProcessor, ViTConfig
+
+from .configuration_freqvit import TRAINING_FREE_METHODS, FreqViTConfig
+from .devices import resolve_device
+from .evaluation import run_evaluation
+from .modeling_freqvit import FreqViTForImageClassification
+from .publishing import check_output_folder, model_card, publish_to_hub, staged_folder, write_model_files
+
+
+# the fields an export may set: FreqViTConfig's own, not the ViT architecture that the weights fix
+REDUCTION_FIELDS = tuple(sorted(set(FreqViTConfig.__dataclass_fields__) - set(ViTConfig.__dataclass_fields__)))
+
+
+def export_model(
+    model: str,
+    output: str,
+    reduction: dict,
+    data: str | None = None,
+    every: int = 1,
+    synsets: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    license: str | None = None,
+    api: HfApi | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (a ViT, DeiT or FreqViT Hub id or folder) with the `reduction` overrides (FreqViTConfig fields:
+    `reduction_method`, `keep_rate`, `reduction_layers`, `dc_window_sizes`, ...) to the folder `output`, with a model
+    card. With `data` (a folder of class sub-folders, a saved dataset or a Hub dataset id), top-1, agreement and
+    images/s are measured, unreduced against reduced, on every `every`-th image, and go into the card. With
+    `push_to_hub` (a repo id), the folder is uploaded there. Returns the folder.
+
+    Raises `ValueError` naming the problem: a non-empty `output` (unless `overwrite`), an unknown reduction field,
+    a bad value, a method whose learned parameters this checkpoint lacks."""
+    output = Path(output)
+    check_output_folder(output, overwrite, flag="overwrite=True (--overwrite)")
+    unknown = sorted(set(reduction) - set(REDUCTION_FIELDS))
+    if unknown:
+        raise ValueError(f"reduction: unknown field(s) {unknown}; the fields are {list(REDUCTION_FIELDS)}")
+    if every < 1:
+        raise ValueError(f"every: must be >= 1, got {every}")
+    if push_to_hub is not None:
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError as error:
+            raise ValueError(f"push_to_hub: {push_to_hub!r} is not a Hub repository id ({error})") from error
+    target = resolve_device(device)
+
+    reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
+    check_trained(reduced.config, info["missing_keys"])
+    processor = AutoImageProcessor.from_pretrained(model)
+    with staged_folder(output) as staging:
+        write_model_files(staging, reduced, processor)
+        results = measure(staging, reduced.config, data, every, synsets, batch_size, target.type) if data else None
+        model_card(
+            reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
+            name=output.name, repo_id=push_to_hub, license=license,
+        ).save(staging / "README.md")
+    if push_to_hub is not None:
+        publish_to_hub(output, push_to_hub, token=token, api=api)
+    return output
+
+
+def check_trained(config: FreqViTConfig, missing_keys: list[str]) -> None:
+    """Refuse the unreduced model (nothing to export), and a learned method whose parameters the checkpoint does
+    not hold: untrained, it computes nonsense (SiT and Sinkhorn reach 0% top-1). The training-free methods' own
+    parameters start at zero, which computes the method exactly."""
+    if config.reduction_method == "none":
+        raise ValueError("reduction_method: 'none' is the unreduced model; export a reduction method, such as 'freq'")
+    if config.reduction_method not in TRAINING_FREE_METHODS and missing_keys:
+        raise ValueError(
+            f"reduction_method: {config.reduction_method!r} learns parameters that this checkpoint lacks "
+            f"({', '.join(sorted(missing_keys)[:3])}, ...); fine-tune it first (training/finetune.py), or export a "
+            f"training-free method: {', '.join(TRAINING_FREE_METHODS)}"
+        )
+
+
+def measure(
+    folder: Path, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int, device: str
+) -> dict[str, dict]:
+    """Top-1, agreement and images/s of the written folder, reduced and unreduced, as the model card wants them."""
+    if device != "cpu":
+        warnings.warn(f"export: the evaluation runs on the CPU, not {device}: run_evaluation takes no device yet")
+    rows = run_evaluation(
+        str(folder), data, [config.reduction_method], keep_rate=config.keep_rate, batch_size=batch_size,
+        every=every, synsets=synsets,
+    )
+    by_method = {row.method: asdict(row) for row in rows}
+    return {"unreduced": by_method["none"], "before": by_method[config.reduction_method]}
