@@ -91,8 +91,8 @@ def stage_overlay(
 def stage_summary(stage: TokenProvenance, index: int = 0) -> str:
     """'layer 4: 137 kept, 59 in 4 merged tokens, 0 dropped' for image `index` of a stage (1-based layer)."""
     token = stage.patch_to_token[index]
-    merged = token > stage.num_kept
+    tokens = len(merged_token_indices(stage, index))
     return (
-        f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, {int(merged.sum())} in "
-        f"{len(merged_token_indices(stage, index))} merged tokens, {int((token < 0).sum())} dropped"
+        f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, {int(stage.merged[index].sum())} in "
+        f"{tokens} merged token{'' if tokens == 1 else 's'}, {int((token < 0).sum())} dropped"
     )

@@ -225,15 +225,13 @@ def median_latencies(
     return [statistics.median(record) for record in times]
 
 
-def stage_figure(view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> Image.Image:
-    """One stage drawn on the model's view (2× up, so the hatching is fine), its summary as the title and a legend
-    below, as an RGB image of the same size for every stage."""
-    overlay = stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid)
-    figure = Figure(figsize=(4.4, 5.6), dpi=100)  # not pyplot's: nothing global to close
-    axis = figure.add_axes((0.03, 0.25, 0.94, 0.64))  # room above for the title, below for the legend
-    axis.imshow(overlay)
+def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> None:
+    """One stage on a (sub)figure: the model's view (2× up, so the hatching is fine) with the stage drawn on it, the
+    stage's summary as the title, and a legend below."""
+    axis = panel.add_axes((0.03, 0.2, 0.94, 0.64))  # room above for the title, below for the legend
+    axis.imshow(stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid))
     axis.set_axis_off()
-    axis.set_title(textwrap.fill(stage_summary(stage), 40), fontsize=11)
+    axis.set_title(textwrap.fill(stage_summary(stage), 36), fontsize=13)
     noun = MERGED_NAMES.get(method, "merged token")
     handles = []
     hatched = dict(edgecolor="black", hatch="///")
@@ -246,10 +244,24 @@ def stage_figure(view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int]
             for j in merged
         ]
     else:
-        handles.append(Patch(facecolor="white", label=f"{len(merged)} {noun}s, a colour each", **hatched))
+        handles.append(Patch(facecolor="white", label=f"{len(merged)} {noun}s (colours repeat)", **hatched))
     if bool(stage.dropped[0].any()):
         handles.append(Patch(facecolor="0.2", edgecolor="black", label="dropped (grey)"))
-    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.235), ncol=2, fontsize=9, frameon=False)
+    panel.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.19), ncol=2, fontsize=11, frameon=False)
+
+
+def stages_image(
+    view: np.ndarray, provenance: tuple[TokenProvenance, ...], grid: tuple[int, int], method: str, columns: int = 3
+) -> Image.Image:
+    """Every reduction stage side by side (`columns` a row), as one RGB image; the model's view if none reduces."""
+    if not provenance:
+        return Image.fromarray(view)
+    rows = -(-len(provenance) // columns)
+    width = min(len(provenance), columns)
+    figure = Figure(figsize=(4.6 * width, 5.6 * rows), dpi=100)  # not pyplot's: nothing global to close
+    panels = np.asarray(figure.subfigures(rows, width, squeeze=False)).ravel()
+    for panel, stage in zip(panels, provenance):
+        draw_stage(panel, view, stage, grid, method)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
@@ -295,11 +307,12 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
         out = reduced(pixels, output_hidden_states=True, output_token_provenance=True)
         base_latency, reduced_latency = median_latencies([unreduced, reduced], pixels)
     view = input_view(pixels[0], loaded.processor)
-    stages = [(stage_figure(view, stage, grid, method), f"layer {stage.layer + 1}") for stage in out.token_provenance]
+    provenance = out.token_provenance or ()
+    stages = stages_image(view, provenance, grid, method)
     figure = amplitude_plot(
         layer_high_frequency(base.hidden_states, None, grid),
-        layer_high_frequency(out.hidden_states, out.token_provenance, grid),
-        [stage.layer for stage in out.token_provenance],
+        layer_high_frequency(out.hidden_states, provenance, grid),
+        [stage.layer for stage in provenance],
     )
     lengths = [h.shape[1] for h in out.hidden_states]
     token_counts = [n for i, n in enumerate(lengths) if i == 0 or n != lengths[i - 1]]
@@ -310,7 +323,8 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
         f"| {method}, keep {keep_rate:g} | {reduced_macs:.2f} | {1000 * reduced_latency:.1f} |\n\n"
         f"Latency: median of {TIMED_RUNS} runs after {WARMUP_RUNS} warm-up, batch size 1, "
         f"{describe(DEVICE)}, {str(unreduced.dtype).removeprefix('torch.')}.  \n"
-        f"Tokens: {' → '.join(str(n) for n in token_counts)}"
+        f"Tokens: {' → '.join(str(n) for n in token_counts)}, reducing after layer "
+        f"{', '.join(str(stage.layer + 1) for stage in provenance) or 'none'}"
     )
     id2label = unreduced.config.id2label
     return stages, top5(out.logits[0], id2label), top5(base.logits[0], id2label), stats, figure
@@ -360,7 +374,10 @@ def build_demo() -> gr.Blocks:
                 windows = gr.Textbox("2, 1, 1", label="DC windows per reduction layer (w × w)")
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
-                stages = gr.Gallery(label="Reduction stages", columns=3, height="auto", elem_id="stages")
+                stages = gr.Image(
+                    label="Reduction stages", show_label=False, type="pil", format="png",
+                    buttons=["fullscreen", "download"], elem_id="stages",
+                )
                 with gr.Row():
                     reduced_top5 = gr.Label(num_top_classes=5, label="Reduced model: top-5", elem_id="reduced-top5")
                     base_top5 = gr.Label(num_top_classes=5, label="Unreduced model: top-5", elem_id="base-top5")
