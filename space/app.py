@@ -45,7 +45,8 @@ FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
 MAX_PIXELS = 40_000_000
 HUB_TIMEOUT_S = 5.0  # one metadata request decides whether the Hub answers; transformers would retry for ~25 s
 WARMUP_RUNS, TIMED_RUNS = 1, 5
-DEFAULT_BLOCKS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
+CONCURRENCY = 2  # requests computed at a time; the others wait in the queue
+DEFAULT_LAYERS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
 DEVICE = resolve_device(os.environ.get("FREQTR_DEVICE", "auto"))
 MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
 
@@ -369,7 +370,7 @@ def build_demo() -> gr.Blocks:
                 method = gr.Dropdown(list(TRAINING_FREE_METHODS), value="freq", label="Method")
                 keep_rate = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="Keep rate")
                 layers = gr.Textbox(
-                    DEFAULT_BLOCKS, label="Reduction layers (numbered from 1, as in the paper: 4, 7, 10)"
+                    DEFAULT_LAYERS, label="Reduction layers (numbered from 1, as in the paper: 4, 7, 10)"
                 )
                 windows = gr.Textbox("2, 1, 1", label="DC windows per reduction layer (w × w)")
                 run = gr.Button("Run", variant="primary", elem_id="run")
@@ -384,15 +385,14 @@ def build_demo() -> gr.Blocks:
                 stats = gr.Markdown(label="Cost and latency", elem_id="stats")
                 plot = gr.Plot(label="High-frequency log amplitude per layer", elem_id="amplitude")
         # preprocess=False: the raw upload reaches read_upload, which checks the size before anything decodes it
-        upload.upload(check_upload, inputs=upload, preprocess=False, api_visibility="private", concurrency_id="model")
+        work = dict(preprocess=False, concurrency_limit=CONCURRENCY, concurrency_id="model")  # one limit for both
+        upload.upload(check_upload, inputs=upload, api_visibility="private", **work)
         run.click(
             analyse,
             inputs=[upload, model_id, method, keep_rate, layers, windows],
             outputs=[stages, reduced_top5, base_top5, stats, plot],
             api_name="analyse",
-            preprocess=False,
-            concurrency_limit=2,
-            concurrency_id="model",
+            **work,
         )
     # a request beyond the queue gets Gradio's "This application is currently busy. Please try again."
     return demo.queue(max_size=int(os.environ.get("FREQTR_QUEUE_SIZE", "16")))
