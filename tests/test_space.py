@@ -268,7 +268,7 @@ def test_deploy_creates_a_gradio_space_and_uploads_app_and_package_in_one_commit
     assert options == {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True}
     assert upload_options["repo_id"] == "user/freqvit-tokens" and upload_options["repo_type"] == "space"
     package = sorted(f"freqtr_hf/{p.relative_to(ROOT / 'freqtr_hf').as_posix()}"
-                     for p in (ROOT / "freqtr_hf").rglob("*.py") if "__pycache__" not in p.parts)
+                     for p in (ROOT / "freqtr_hf").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert files == sorted(["README.md", "app.py", "requirements.txt", *package])
     assert "freqtr_hf/metrics/top1_agreement.py" in files and "deploy.py" not in files
     assert variable == ("add_space_variable", "user/freqvit-tokens", "FREQTR_MODEL", "facebook/deit-small-patch16-224")
