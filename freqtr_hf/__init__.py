@@ -1,6 +1,9 @@
 """freqtr-hf: frequency-aware token reduction for Vision Transformers, as Hugging Face model classes."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+__version__ = "0.2.0"
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import ViTImageProcessor, ViTImageProcessorPil
 
 from .configuration_freqvit import FreqViTConfig
 from .macs import count_macs
@@ -9,6 +12,10 @@ from .modeling_freqvit import FreqViTForImageClassification, FreqViTModel, FreqV
 AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
 AutoModel.register(FreqViTConfig, FreqViTModel, exist_ok=True)
 AutoModelForImageClassification.register(FreqViTConfig, FreqViTForImageClassification, exist_ok=True)
+# a FreqViT reads images as ViT does, so pipeline() finds its processor from the model alone
+AutoImageProcessor.register(
+    FreqViTConfig, image_processor_classes={"pil": ViTImageProcessorPil, "torchvision": ViTImageProcessor}, exist_ok=True
+)
 # save_pretrained writes the modeling code and an auto_map, so the Hub copy loads with trust_remote_code=True
 FreqViTConfig.register_for_auto_class()
 FreqViTModel.register_for_auto_class("AutoModel")

@@ -5,9 +5,12 @@ Progress is saved after every batch when a state file is given, and an interrupt
 """
 
 import json
+import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -17,6 +20,8 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from .configuration_freqvit import FreqViTConfig
+from .fingerprint import file_digest, files_digest, mismatch, model_digest
+from .images import ImageReadError, read_image
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification
 
@@ -55,7 +60,10 @@ def load_images(
     data: str, split: str = "validation", every: int = 1, dataset_config: str | None = None
 ) -> datasets.Dataset:
     """Images with a `label` column, every `every`-th: a local folder of class sub-folders (files sorted by path),
-    a dataset saved with `save_to_disk`, or a Hub dataset id."""
+    a dataset saved with `save_to_disk`, or a Hub dataset id. The `image` column is left undecoded, so that every
+    image goes through `read_image` (one reader, and errors that name the file)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every: must be a whole number >= 1 (use every N-th image), got {every!r}")
     path = Path(data)
     if path.is_dir() and (path / "dataset_info.json").exists():
         dataset = datasets.load_from_disk(data)
@@ -68,10 +76,25 @@ def load_images(
         dataset = datasets.load_dataset("imagefolder", data_files={"eval": files}, split="eval")
         if len(dataset) != len(files):
             raise RuntimeError(f"data: {len(files)} images found under {data} but {len(dataset)} loaded")
-        return dataset
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    elif path.exists() or data.startswith((".", "/", "~")):
+        raise ValueError(f"data: {data} is not a folder of images or a saved dataset")
     else:
         dataset = datasets.load_dataset(data, dataset_config, split=split)
+    if "image" not in dataset.features:
+        raise ValueError(f"data: {data} has no 'image' column (columns: {', '.join(dataset.column_names)})")
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.select(range(0, len(dataset), every)) if every > 1 else dataset
+
+
+def data_fingerprint(dataset: datasets.Dataset) -> str:
+    """What identifies the images of a run: the names and sizes of its files, or `datasets`' own fingerprint for
+    images stored in the dataset."""
+    sources = dataset["image"]
+    paths = [source.get("path") for source in sources]
+    if all(path and not source.get("bytes") and os.path.exists(path) for path, source in zip(paths, sources)):
+        return files_digest(paths, root=os.path.commonpath(paths) if paths else None)
+    return f"datasets:{dataset._fingerprint}"
 
 
 @dataclass
@@ -87,14 +110,81 @@ class MethodResult:
     speedup: float
 
 
-def build_models(model: str, methods: list[str], keep_rate: float, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
-    """One model per method from the same checkpoint; `"none"` (the unreduced reference) always comes first."""
+# methods whose parameters must be trained: off the shelf they compute nothing meaningful
+UNTRAINED_WARNING = (
+    "{method}: its parameters ({names}) are not in {model} and start at random values; its accuracy means nothing "
+    "until it is fine-tuned (training/finetune.py)"
+)
+
+
+def build_models(
+    model: str,
+    methods: list[str],
+    keep_rate: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    overrides: dict | None = None,
+) -> dict[str, torch.nn.Module]:
+    """One model per method from the same checkpoint; `"none"` (the unreduced reference) always comes first.
+    `overrides`: extra config fields for the reduced models. Warns about methods whose parameters are untrained."""
     models = {}
     for method in ["none", *[m for m in methods if m != "none"]]:
-        models[method] = FreqViTForImageClassification.from_pretrained(
-            model, reduction_method=method, keep_rate=keep_rate, dtype=dtype
-        ).eval()
+        fields = {} if method == "none" else {"keep_rate": keep_rate, **(overrides or {})}
+        loaded, info = FreqViTForImageClassification.from_pretrained(
+            model, reduction_method=method, dtype=dtype, output_loading_info=True, **fields
+        )
+        untrained = sorted({key.split(".token_reducer.")[-1] for key in info["missing_keys"] if ".token_reducer." in key})
+        if untrained:
+            warnings.warn(UNTRAINED_WARNING.format(method=method, names=", ".join(untrained), model=model), stacklevel=2)
+        models[method] = loaded.to(device).eval()
     return models
+
+
+@dataclass
+class EvaluationState:
+    """Progress of an evaluation, saved after every batch: predictions per method, labels, seconds per method,
+    the images skipped as unreadable, and the fingerprint of the run they belong to."""
+
+    fingerprint: dict
+    done: int = 0
+    predictions: dict[str, list[int]] = field(default_factory=dict)
+    labels: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, fingerprint: dict, methods: list[str]) -> "EvaluationState":
+        return cls(fingerprint, predictions={m: [] for m in methods}, seconds={m: 0.0 for m in methods})
+
+    @classmethod
+    def load(cls, path: str, fingerprint: dict, methods: list[str], total: int) -> "EvaluationState":
+        """The saved state of the same run. A damaged file, or one of another run, raises `ValueError` naming the
+        file (and, for another run, the field that differs)."""
+        try:
+            saved = json.loads(Path(path).read_text())
+            state = cls(**saved)
+            consistent = (
+                isinstance(state.done, int)
+                and 0 <= state.done <= total
+                and set(state.predictions) == set(state.seconds) == set(methods)
+                and len(state.labels) == state.done - len(state.skipped)
+                and all(len(p) == len(state.labels) for p in state.predictions.values())
+                and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in state.seconds.values())
+            )
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"state file {path}: damaged ({type(error).__name__}: {error}); {RESTART_HINT}") from error
+        difference = mismatch(state.fingerprint, fingerprint)
+        if difference:
+            raise ValueError(f"state file {path} holds another run: {difference}; {RESTART_HINT}")
+        if not consistent:
+            raise ValueError(f"state file {path}: damaged (its counts do not agree with each other); {RESTART_HINT}")
+        return state
+
+    def save(self, path: str) -> None:
+        write_atomically(path, json.dumps(asdict(self)))
+
+
+RESTART_HINT = "pass --restart to start afresh, or another --state-file"
 
 
 def compare_methods(
@@ -104,44 +194,56 @@ def compare_methods(
     label_of: list[int],
     batch_size: int = 32,
     state_file: str | None = None,
-) -> list[MethodResult]:
-    """Run every model on every batch; top-1 against labels (when known), agreement with the `"none"` model."""
-    state = {"done": 0, "predictions": {m: [] for m in models}, "labels": [], "seconds": {m: 0.0 for m in models}}
-    if state_file and Path(state_file).exists():
-        state = json.loads(Path(state_file).read_text())
-        if set(state["predictions"]) != set(models):
-            raise ValueError(f"{state_file} holds a run of other methods; delete it or pick another --state-file")
-    dtype = next(iter(models.values())).dtype
+    fingerprint: dict | None = None,
+    restart: bool = False,
+    skip_bad_images: bool = False,
+) -> tuple[list[MethodResult], list[str]]:
+    """Run every model on every batch; top-1 against labels (when known), agreement with the `"none"` model.
+
+    With `state_file`, progress is saved after every batch and a rerun of the same run (same `fingerprint`)
+    resumes; a finished run re-reports its results. Returns the rows and the images skipped as unreadable."""
+    methods = list(models)
+    fingerprint = fingerprint or {}
+    state = EvaluationState.start(fingerprint, methods)
+    if state_file and Path(state_file).exists() and not restart:
+        state = EvaluationState.load(state_file, fingerprint, methods, len(dataset))
+        if state.done:
+            print(f"resuming from {state_file}: {state.done} of {len(dataset)} images done", file=sys.stderr)
+    reference_model = next(iter(models.values()))
+    dtype, device = reference_model.dtype, reference_model.device
+    remaining = dataset.select(range(state.done, len(dataset))) if state.done < len(dataset) else []
     loader = torch.utils.data.DataLoader(
-        dataset.select(range(state["done"], len(dataset))),
-        batch_size=batch_size,
-        collate_fn=lambda rows: (
-            processor([row["image"].convert("RGB") for row in rows], return_tensors="pt")["pixel_values"],
-            [label_of[row["label"]] if "label" in row else -1 for row in rows],
-        ),
+        remaining, batch_size=batch_size, collate_fn=lambda rows: read_batch(rows, processor, label_of, skip_bad_images)
     )
-    with torch.inference_mode():
-        for pixel_values, labels in tqdm(loader, desc="evaluate", unit="batch", initial=state["done"] // batch_size):
-            pixel_values = pixel_values.to(dtype)
-            for method, model in models.items():
-                start = time.perf_counter()
-                logits = model(pixel_values).logits
-                state["seconds"][method] += time.perf_counter() - start
-                state["predictions"][method] += logits.argmax(-1).tolist()
-            state["labels"] += labels
-            state["done"] += len(labels)
+    # the context closes the bar before an error is printed, so the message starts on a line of its own
+    with torch.inference_mode(), tqdm(total=len(dataset), initial=state.done, desc="evaluate", unit="img") as progress:
+        for pixel_values, labels, skipped, count in loader:
+            if len(labels):
+                pixel_values = pixel_values.to(device=device, dtype=dtype)
+                for method, model in models.items():
+                    start = time.perf_counter()
+                    logits = model(pixel_values).logits
+                    predictions = logits.argmax(-1).tolist()  # copies to the host: the timing includes the work
+                    state.seconds[method] += time.perf_counter() - start
+                    state.predictions[method] += predictions
+            state.labels += labels
+            state.skipped += skipped
+            state.done += count
+            progress.update(count)
             if state_file:
-                _write_atomically(state_file, json.dumps(state))
+                state.save(state_file)
+    if not state.labels:
+        raise ValueError("data: no image could be read" if state.skipped else "data: no images")
 
     metric = evaluate.load(METRIC_SCRIPT)
-    reference = state["predictions"]["none"]
-    base_speed = state["done"] / state["seconds"]["none"]
+    reference = state.predictions["none"]
+    base_speed = len(state.labels) / max(state.seconds["none"], 1e-12)
     results = []
     for method, model in models.items():
         scores = metric.compute(
-            predictions=state["predictions"][method], references=state["labels"], reference_predictions=reference
+            predictions=state.predictions[method], references=state.labels, reference_predictions=reference
         )
-        speed = state["done"] / state["seconds"][method]
+        speed = len(state.labels) / max(state.seconds[method], 1e-12)
         config = model.config
         results.append(
             MethodResult(
@@ -154,7 +256,24 @@ def compare_methods(
                 speedup=speed / base_speed,
             )
         )
-    return results
+    return results, state.skipped
+
+
+def read_batch(rows: list[dict], processor, label_of: list[int], skip_bad_images: bool):
+    """Pixel values of the readable images of a batch, their model labels (-1: unknown), the files skipped and the
+    number of rows. An unreadable image raises `ImageReadError` naming it, unless `skip_bad_images`."""
+    images, labels, skipped = [], [], []
+    for row in rows:
+        try:
+            images.append(read_image(row["image"]))
+        except ImageReadError as error:
+            if not skip_bad_images:
+                raise ImageReadError(f"{error} (pass --skip-bad-images to skip unreadable images)") from error
+            skipped.append(str(error))
+            continue
+        labels.append(label_of[row["label"]] if "label" in row and row["label"] is not None else -1)
+    pixels = processor(images, return_tensors="pt")["pixel_values"] if images else None
+    return pixels, labels, skipped, len(rows)
 
 
 def format_table(results: list[MethodResult]) -> str:
@@ -173,11 +292,33 @@ def results_json(results: list[MethodResult], **run) -> str:
     return json.dumps({**run, "results": [asdict(r) for r in results]}, indent=2)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write to a temporary file and rename, so an interruption never leaves a half-written file."""
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file, flush it to disk and rename, so an interruption never leaves a half-written
+    file."""
     temporary = f"{path}.tmp"
-    Path(temporary).write_text(text)
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def run_fingerprint(
+    model: str, model_config, dataset: datasets.Dataset, data: str, **settings
+) -> dict:
+    """Everything that changes an evaluation's result: the checkpoint and its weights, the images, and the
+    settings given (methods, keep rate, dtype, device, every, split, dataset config, synsets, ...)."""
+    synsets = settings.get("synsets")
+    return {
+        "model": model,
+        "model_weights": model_digest(model, getattr(model_config, "_commit_hash", None)),
+        "data": data,
+        "data_files": data_fingerprint(dataset),
+        "images": len(dataset),
+        **settings,
+        "synsets_content": file_digest(synsets) if synsets else None,
+    }
 
 
 def run_evaluation(
@@ -191,13 +332,28 @@ def run_evaluation(
     dataset_config: str | None = None,
     synsets: str | None = None,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
     state_file: str | None = None,
-) -> list[MethodResult]:
-    """Load the checkpoint once per method and the data once, and compare the methods side by side."""
+    restart: bool = False,
+    skip_bad_images: bool = False,
+    overrides: dict | None = None,
+) -> tuple[list[MethodResult], list[str]]:
+    """Load the checkpoint once per method and the data once, and compare the methods side by side. Returns the
+    rows and the images skipped as unreadable."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
-    models = build_models(model, methods, keep_rate, dtype)
-    processor = AutoImageProcessor.from_pretrained(model)
     dataset = load_images(data, split=split, every=every, dataset_config=dataset_config)
+    models = build_models(model, methods, keep_rate, dtype, device, overrides)
+    processor = AutoImageProcessor.from_pretrained(model)
     label_names = dataset.features["label"].names if "label" in dataset.features else []
     label_of = label_mapping(label_names, models["none"].config.id2label, synsets)
-    return compare_methods(models, dataset, processor, label_of, batch_size=batch_size, state_file=state_file)
+    fingerprint = run_fingerprint(
+        model, models["none"].config, dataset, data, methods=list(models), keep_rate=keep_rate,
+        overrides=overrides or {}, dtype=str(dtype), device=torch.device(device).type, every=every, split=split,
+        dataset_config=dataset_config, synsets=synsets,
+    )
+    return compare_methods(
+        models, dataset, processor, label_of, batch_size=batch_size, state_file=state_file, fingerprint=fingerprint,
+        restart=restart, skip_bad_images=skip_bad_images,
+    )

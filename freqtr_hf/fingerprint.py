@@ -1,7 +1,7 @@
 """The fingerprint of a run: everything that changes its result, so that a resumed job continues only the same job.
 
-A fingerprint is a flat dict of JSON values. `mismatch` compares a saved one with the current one and names the first
-field that differs, for the error a resume gives.
+A fingerprint is a flat dict of JSON values. `mismatch` compares a saved one with the current one and names the
+fields that differ, for the error a resume gives.
 """
 
 import hashlib
@@ -43,12 +43,14 @@ def model_digest(model: str, commit_hash: str | None = None) -> str:
 
 
 def mismatch(saved: dict, current: dict) -> str | None:
-    """None when the fingerprints are equal, else a sentence naming the first field that differs."""
-    for field in sorted(set(saved) | set(current)):
-        before, now = saved.get(field), current.get(field)
-        if before != now:
-            return f"{field} differs (saved run: {_short(before)}, this run: {_short(now)})"
-    return None
+    """None when the fingerprints are equal, else a sentence naming every field that differs."""
+    fields = [field for field in sorted(set(saved) | set(current)) if saved.get(field) != current.get(field)]
+    if not fields:
+        return None
+    return "; ".join(
+        f"{field} differs (saved run: {_short(saved.get(field))}, this run: {_short(current.get(field))})"
+        for field in fields
+    )
 
 
 def _short(value) -> str:

@@ -45,6 +45,13 @@ def selected_hidden_states(output_hidden_states: bool | int | list[int] | None, 
     return {index % count for index in indices if -count <= index < count}
 
 
+AUTO_MAP = {
+    "AutoConfig": "configuration_freqvit.FreqViTConfig",
+    "AutoModel": "modeling_freqvit.FreqViTModel",
+    "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
+}
+
+
 class FreqViTAttention(ViTAttention):
     """ViT self-attention with the frequency-aware reweighting `Â = A + ω1·(A − 1/n) + ω2·A⊙M_DC` (per head).
 
@@ -192,6 +199,12 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     _keys_to_ignore_on_load_missing = [
         r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
     ]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` for every Auto class a FreqViT serves, so the folder
+        loads with `AutoConfig`, `AutoModel` and `AutoModelForImageClassification` (`trust_remote_code=True`)."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,17 +1,52 @@
-"""`freqtr-hf evaluate` and the evaluation it runs, on the shared DeiT-Tiny and Imagenette images."""
+"""`freqtr-hf evaluate` and the evaluation it runs: results, resume, and every way a run could be silently wrong."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor
+from PIL import Image
+from transformers import AutoImageProcessor, ViTForImageClassification, ViTImageProcessorPil
 
-from freqtr_hf.cli import main
+import freqtr_hf_cli
+from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, TRAINING_FREE_METHODS
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images
+from freqtr_hf.images import ImageReadError, read_image
+from freqtr_hf_cli import main
 
-from conftest import SYNSETS
+from conftest import SYNSETS, tiny_config
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """A tiny ViT with its processor, and a folder of two classes with 6 images each."""
+    torch.manual_seed(0)
+    config = tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)})
+    ViTForImageClassification(config).save_pretrained(tmp_path / "model")
+    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        folder = tmp_path / "data" / f"class {label}"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return tmp_path
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The error lines of a command's stderr (progress bars and the 'running on' line aside)."""
+    return [line for line in stderr.splitlines() if line.startswith("freqtr-hf: ")]
+
+
+def evaluate(root: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--model", str(root / "model"), "--data", str(root / "data"), "--batch-size", "4",
+            "--device", "cpu", "--methods", "freq", *extra]
 
 
 def test_evaluate_prints_a_table_and_json(deit_tiny, imagenette_val, tmp_path, capsys):
@@ -35,13 +70,136 @@ def test_an_interrupted_evaluation_resumes(deit_tiny, imagenette_val, tmp_path):
     models = build_models(str(deit_tiny), ["freq"], 0.7, dtype=torch.float32)
     labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, str(SYNSETS))
     state = tmp_path / "state.json"
+    fingerprint = {"run": "the same"}
     # the "interruption": a first run that only got through the first 4 images
-    compare_methods(models, dataset.select(range(4)), processor, labels, batch_size=2, state_file=str(state))
-    assert json.loads(state.read_text())["done"] == 4
-    resumed = compare_methods(models, dataset, processor, labels, batch_size=2, state_file=str(state))
-    fresh = compare_methods(models, dataset, processor, labels, batch_size=2)
+    first = compare_methods(models, dataset, processor, labels, batch_size=2, state_file=str(state), fingerprint=fingerprint)
+    saved = json.loads(state.read_text())
+    saved.update(done=4, labels=saved["labels"][:4], predictions={m: p[:4] for m, p in saved["predictions"].items()})
+    state.write_text(json.dumps(saved))
+    resumed, _ = compare_methods(models, dataset, processor, labels, batch_size=2, state_file=str(state), fingerprint=fingerprint)
+    fresh, _ = compare_methods(models, dataset, processor, labels, batch_size=2)
     assert json.loads(state.read_text())["done"] == len(dataset)
-    assert [(r.top1, r.agreement) for r in resumed] == [(r.top1, r.agreement) for r in fresh]
+    assert [(r.top1, r.agreement) for r in resumed] == [(r.top1, r.agreement) for r in fresh] == [
+        (r.top1, r.agreement) for r in first[0]
+    ]
+
+
+def test_a_finished_run_reprints_its_results_and_another_run_is_refused(tiny_checkpoint, tmp_path, capsys):
+    state = str(tmp_path / "state.json")
+    assert main(evaluate(tiny_checkpoint, "--state-file", state, "--output", str(tmp_path / "a.json"))) == 0
+    assert main(evaluate(tiny_checkpoint, "--state-file", state, "--output", str(tmp_path / "b.json"))) == 0
+    first, again = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in "ab")
+    assert [(r["top1"], r["agreement"]) for r in first] == [(r["top1"], r["agreement"]) for r in again]
+    capsys.readouterr()
+    # another keep rate, every, methods, data: refused, naming the field
+    for extra, field in (
+        (["--keep-rate", "0.5"], "keep_rate"),
+        (["--every", "2"], "every"),
+        (["--methods", "topk"], "methods"),
+    ):
+        assert main(evaluate(tiny_checkpoint, "--state-file", state, *extra)) == 2
+        assert field in capsys.readouterr().err
+    (tiny_checkpoint / "data" / "class 1" / "5.png").unlink()
+    assert main(evaluate(tiny_checkpoint, "--state-file", state)) == 2  # the data changed
+    assert "data_files differs" in capsys.readouterr().err
+    assert main(evaluate(tiny_checkpoint, "--state-file", state, "--restart")) == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: "{not json",
+        lambda s: json.dumps({**s, "done": 10**6}),
+        lambda s: json.dumps({**s, "done": 8}),  # out of step with the saved predictions
+        lambda s: json.dumps({k: v for k, v in s.items() if k != "labels"}),
+        lambda s: json.dumps({**s, "seconds": {m: float("inf") for m in s["seconds"]}}),
+    ],
+)
+def test_a_damaged_state_is_refused_naming_the_file(tiny_checkpoint, tmp_path, capsys, damage):
+    state = tmp_path / "state.json"
+    assert main(evaluate(tiny_checkpoint, "--state-file", str(state))) == 0
+    state.write_text(damage(json.loads(state.read_text())))
+    capsys.readouterr()
+    assert main(evaluate(tiny_checkpoint, "--state-file", str(state))) == 2
+    error = error_lines(capsys.readouterr().err)
+    assert len(error) == 1 and str(state) in error[0] and "--restart" in error[0]
+
+
+def test_unreadable_images_are_named_or_skipped(tiny_checkpoint, tmp_path, capsys):
+    broken = tiny_checkpoint / "data" / "class 0" / "broken.png"
+    data = (tiny_checkpoint / "data" / "class 0" / "0.png").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # a truncated file
+    assert main(evaluate(tiny_checkpoint)) == 2
+    error = error_lines(capsys.readouterr().err)
+    assert len(error) == 1 and "broken.png" in error[0] and "--skip-bad-images" in error[0]
+    output = tmp_path / "out.json"
+    assert main(evaluate(tiny_checkpoint, "--skip-bad-images", "--output", str(output))) == 0
+    skipped = json.loads(output.read_text())["skipped"]
+    assert len(skipped) == 1 and "broken.png" in skipped[0]
+
+
+def test_a_sixteen_bit_png_is_read_as_the_image_it_is(tmp_path):
+    gradient = np.linspace(0, 65535, 64 * 48, dtype=np.uint16).reshape(48, 64)
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    pixels = np.asarray(read_image(tmp_path / "deep.png"))
+    assert pixels.shape == (48, 64, 3)
+    assert pixels.min() == 0 and pixels.max() == 255 and 100 < pixels.mean() < 155  # not all white
+    expected = np.round(gradient / 65535 * 255)
+    assert np.abs(pixels[..., 0] - expected).max() <= 1
+
+
+def test_an_image_too_large_is_refused_before_decoding(tmp_path):
+    Image.new("L", (8000, 6000)).save(tmp_path / "huge.png")
+    with pytest.raises(ImageReadError, match="huge.png.*48 megapixels"):
+        read_image(tmp_path / "huge.png")
+
+
+def test_corrupt_weights_and_bad_flags_give_one_line(tiny_checkpoint, capsys):
+    weights = tiny_checkpoint / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(evaluate(tiny_checkpoint)) == 2
+    error = error_lines(capsys.readouterr().err)
+    assert len(error) == 1 and "weights" in error[0]
+    for flag, value in (("--every", "0"), ("--every", "-1"), ("--keep-rate", "1.5"), ("--batch-size", "0")):
+        with pytest.raises(SystemExit):
+            main(evaluate(tiny_checkpoint, flag, value))
+        assert flag in capsys.readouterr().err
+
+
+def test_untrained_learned_methods_are_named_in_a_warning(tiny_checkpoint):
+    with pytest.warns(UserWarning, match="sinkhorn: its parameters .*centres"):
+        build_models(str(tiny_checkpoint / "model"), ["sinkhorn", "topk"], 0.7)
+
+
+def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tiny_checkpoint, tmp_path):
+    state = tmp_path / "state.json"
+    argv = evaluate(tiny_checkpoint, "--state-file", str(state), "--batch-size", "1")
+    process = subprocess.Popen([sys.executable, "-m", "freqtr_hf_cli", *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not state.exists() and time.time() < deadline:  # interrupt it mid-run
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the interruption arrived")
+    assert process.returncode == 130
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted" in last and str(state) in last and "Traceback" not in stderr
+
+
+def test_help_and_version_answer_without_importing_torch():
+    code = "import sys, freqtr_hf_cli; freqtr_hf_cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    version = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("freqtr-hf ")
+    help_text = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--help"], capture_output=True, text=True)
+    assert "(default: facebook/deit-tiny-patch16-224)" in help_text.stdout.replace("\n", " ").replace("  ", " ")
+
+
+def test_the_command_line_names_the_library_methods():
+    assert freqtr_hf_cli.REDUCTION_METHODS == ("none", *[m for m in REDUCTION_METHODS if m != "none"])
+    assert set(freqtr_hf_cli.REDUCTION_METHODS) == set(REDUCTION_METHODS)
+    assert freqtr_hf_cli.TRAINING_FREE_METHODS == TRAINING_FREE_METHODS
 
 
 def test_wnid_folders_map_to_imagenet_classes(deit_tiny):
@@ -54,12 +212,12 @@ def test_wnid_folders_map_to_imagenet_classes(deit_tiny):
 
 def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "freqtr_hf.cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",
+        [sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",
          "--data", str(tmp_path)],
         capture_output=True,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 2
-    message = result.stderr.strip().splitlines()
-    assert len(message) == 1 and "pass local folders with --model and --data" in message[0]
+    message = error_lines(result.stderr)
+    assert len(message) == 1 and "pass local folders" in message[0]

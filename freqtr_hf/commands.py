@@ -1,0 +1,111 @@
+"""The work of the `freqtr-hf` commands, thin over the library; `freqtr_hf_cli` parses their arguments.
+
+Every command turns the errors a user can cause (a bad flag value, an unreadable file, an unreachable Hub) into one
+line on stderr and exit status 2.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from safetensors import SafetensorError
+
+from .devices import describe, resolve_device, resolve_dtype
+from .evaluation import format_table, results_json, run_evaluation
+
+
+def reduction_overrides(args: argparse.Namespace) -> dict:
+    """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults)."""
+    fields = {"score_source": args.score_source}
+    if args.reduction_layers is not None:
+        fields["reduction_layers"] = tuple(args.reduction_layers)
+    if args.dc_window_sizes is not None:
+        fields["dc_window_sizes"] = tuple(args.dc_window_sizes)
+    if args.tome_r is not None:
+        fields["tome_r"] = args.tome_r
+    return fields
+
+
+def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report the errors a user can cause in one line that names the problem, and exit with status 2."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except SafetensorError as error:
+            return _fail(f"{args.model}: its weights file cannot be read ({error}); download or export it again")
+        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as error:
+            return _fail(f"cannot reach the Hugging Face Hub ({_first_line(error)}); offline, pass local folders")
+        except OSError as error:
+            hint = ""
+            names = [args.model, *(args.data if isinstance(args.data, list) else [args.data])]
+            if any(name and not Path(name).exists() for name in names):
+                hint = "; offline or without the Hugging Face Hub, pass local folders with --model and --data"
+            return _fail(f"{_first_line(error)}{hint}")
+        except ValueError as error:
+            return _fail(str(error))
+
+    return guarded
+
+
+@one_line_errors
+def run_evaluate(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    print(f"freqtr-hf evaluate: {args.model} on {describe(device)}, {args.dtype}", file=sys.stderr)
+    results, skipped = run_evaluation(
+        args.model, args.data, args.methods, keep_rate=args.keep_rate, batch_size=args.batch_size, every=args.every,
+        split=args.split, dataset_config=args.dataset_config, synsets=args.synsets, dtype=dtype, device=device,
+        state_file=args.state_file, restart=args.restart, skip_bad_images=args.skip_bad_images,
+        overrides=reduction_overrides(args),
+    )
+    run = {
+        "model": args.model, "data": args.data, "every": args.every, "batch_size": args.batch_size,
+        "device": describe(device), "dtype": args.dtype, "reduction": reduction_overrides(args), "skipped": skipped,
+    }
+    text = results_json(results, **run)
+    print(format_table(results))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images (listed in the JSON)", file=sys.stderr)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+@one_line_errors
+def run_export(args: argparse.Namespace) -> int:
+    from .exporting import export_model
+
+    reduction = {"reduction_method": args.method, "keep_rate": args.keep_rate, **reduction_overrides(args)}
+    folder = export_model(
+        args.model, args.output, reduction=reduction, data=args.data, every=args.every, synsets=args.synsets,
+        device=args.device, batch_size=args.batch_size, push_to_hub=args.push_to_hub, token=args.token,
+        license=args.license, overwrite=args.overwrite,
+    )
+    print(f"freqtr-hf export: wrote {folder}")
+    return 0
+
+
+@one_line_errors
+def run_analyze(args: argparse.Namespace) -> int:
+    from .analysis_report import run_analysis
+
+    run_analysis(
+        args.model, args.data, args.methods, args.keep_rates, args.output, every=args.every, synsets=args.synsets,
+        device=args.device, batch_size=args.batch_size,
+    )
+    print(f"freqtr-hf analyze: wrote {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _fail(message: str) -> int:
+    print(f"freqtr-hf: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,155 @@
+"""The `freqtr-hf` command line: argument parsing only, so that `--help` answers at once.
+
+The commands import torch and transformers only once their arguments are parsed; the work itself is in
+`freqtr_hf.commands`, thin over the library.
+"""
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+# The library's names, repeated so that parsing needs no import of torch: `tests/test_cli.py` checks they match
+# `freqtr_hf.configuration_freqvit`.
+REDUCTION_METHODS = (
+    "none", "freq", "evit", "topk", "radial", "ats", "dynamicvit", "tome", "kmedoids", "dpcknn", "sit",
+    "patchmerger", "sinkhorn",
+)
+TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+DEFAULT_MODEL = "facebook/deit-tiny-patch16-224"
+DEFAULT_DATA = "frgfm/imagenette"
+DEFAULT_DATA_CONFIG = "320px"  # that dataset's configurations are full_size, 320px and 160px
+
+DESCRIPTION = """Frequency-aware token reduction for Vision Transformers (Lee et al., NeurIPS 2025) and its
+baselines, on Hugging Face ViT/DeiT checkpoints. Offline, pass local folders to --model and --data."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def keep_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a ViT/DeiT/FreqViT checkpoint")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: the GPU when there is one")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="weights and activations")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    parser.add_argument(
+        "--data", nargs="+" if many else None, default=[DEFAULT_DATA] if many else DEFAULT_DATA,
+        help="folder of class sub-folders (e.g. ImageNet wnids), a save_to_disk folder, or a Hub dataset id",
+    )
+    parser.add_argument("--split", default="validation", help="split of a Hub or saved dataset")
+    parser.add_argument(
+        "--dataset-config", help=f"configuration of a Hub dataset (for {DEFAULT_DATA}: {DEFAULT_DATA_CONFIG})"
+    )
+    parser.add_argument("--every", type=positive_int, default=1, help="use every N-th image (files sorted by path)")
+    parser.add_argument(
+        "--synsets", help="class list (imagenet_synsets.txt: line = class index) mapping folder wnids to the model's classes"
+    )
+
+
+def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-rate", type=keep_rate, default=0.7, help="share of tokens kept at each reduction layer")
+    parser.add_argument("--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce (default 3 6 9)")
+    parser.add_argument("--dc-window-sizes", type=int, nargs="+", help="freq: DC windows per reduction layer (default 2 1 1)")
+    parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
+    parser.add_argument(
+        "--score-source", choices=("attention", "logits"), default="attention",
+        help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="freqtr-hf", description=DESCRIPTION, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="top-1, agreement, GMACs and images/s of reduction methods, side by side",
+        description="Compare reduction methods with the unreduced model on one checkpoint and one image set.",
+        formatter_class=formatter,
+    )
+    add_model_arguments(evaluate)
+    add_data_arguments(evaluate)
+    evaluate.add_argument(
+        "--methods", nargs="+", default=["freq"], choices=REDUCTION_METHODS, metavar="METHOD",
+        help=f"reduction methods; the unreduced model always runs too. One or more of: {', '.join(REDUCTION_METHODS)}",
+    )
+    add_reduction_arguments(evaluate)
+    evaluate.add_argument("--output", help="also write the results as JSON to this file")
+    evaluate.add_argument("--state-file", help="save progress here after every batch; the same command resumes")
+    evaluate.add_argument("--restart", action="store_true", help="ignore a saved --state-file and start afresh")
+    evaluate.add_argument(
+        "--skip-bad-images", action="store_true", help="skip unreadable images (listed in the JSON) instead of stopping"
+    )
+
+    export = commands.add_parser(
+        "export", help="write a ready-to-push training-free FreqViT folder (weights, code, processor, model card)",
+        description="Turn a ViT/DeiT checkpoint into a FreqViT folder that loads with trust_remote_code=True.",
+        formatter_class=formatter,
+    )
+    add_model_arguments(export)
+    export.add_argument("--method", default="freq", choices=REDUCTION_METHODS[1:], help="reduction method")
+    add_reduction_arguments(export)
+    export.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
+    export.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
+    export.add_argument("--data", help="optional: measure top-1 and agreement on these images for the model card")
+    export.add_argument("--every", type=positive_int, default=1, help="with --data: every N-th image")
+    export.add_argument("--synsets", help="with --data: class list mapping folder wnids to the model's classes")
+    export.add_argument("--license", help="license of the model card (default: the base model's, else apache-2.0)")
+    export.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository")
+    export.add_argument("--token", help="Hub token (default: the one `hf auth login` saved)")
+
+    analyze = commands.add_parser(
+        "analyze", help="the papers' frequency and reduction-pattern analyses: report.json, figures, report.md",
+        description="Run each method over the data with provenance and attention output and write a report.",
+        formatter_class=formatter,
+    )
+    add_model_arguments(analyze)
+    add_data_arguments(analyze, many=True)
+    analyze.add_argument(
+        "--methods", nargs="+", default=list(TRAINING_FREE_METHODS), choices=REDUCTION_METHODS[1:], metavar="METHOD",
+        help=f"methods to analyse. One or more of: {', '.join(REDUCTION_METHODS[1:])}",
+    )
+    analyze.add_argument("--keep-rates", type=keep_rate, nargs="+", default=[0.5, 0.7, 0.9], help="keep rates")
+    analyze.add_argument("--output", required=True, help="folder for report.json, report.md and the figures")
+    return parser
+
+
+def package_version() -> str:
+    try:
+        return version("freqtr-hf")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "dataset_config", None) is None and DEFAULT_DATA in (args.data if isinstance(args.data, list) else [args.data]):
+        args.dataset_config = DEFAULT_DATA_CONFIG
+    try:
+        from freqtr_hf import commands
+
+        return getattr(commands, f"run_{args.command}")(args)
+    except KeyboardInterrupt:
+        resume = f"; run the same command again to resume from {args.state_file}" if getattr(args, "state_file", None) else ""
+        print(f"\nfreqtr-hf: interrupted{resume}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
