@@ -2,7 +2,7 @@
 
 Every mode Pillow opens becomes 8-bit RGB the way a person sees it: 16-bit and 32-bit integer images are scaled to
 8 bits (Pillow's own `convert("RGB")` clips them, which turns a 16-bit photo white), float images are scaled from
-their range, and transparency is composited over white. A file that cannot be read raises `ImageReadError` naming
+their range, transparency is composited over white, and the EXIF orientation is applied. A file that cannot be read raises `ImageReadError` naming
 the file; an image over `max_pixels` is refused from its header, before it is decoded.
 """
 
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -66,7 +66,7 @@ def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
                 f"{max_pixels / 1e6:.0f}; downscale it"
             )
         image.load()
-        return to_rgb(image)
+        return to_rgb(ImageOps.exif_transpose(image))  # phone photos upright, as a browser shows them
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
