@@ -68,6 +68,20 @@ class FreqViTAttention(ViTAttention):
         sees_dc_tokens = reweighting and layer_idx > stages[0].layer
         self.dc_gain = nn.Parameter(torch.zeros(heads)) if sees_dc_tokens else None
 
+    def reweights(self) -> bool:
+        """Whether the ω reweighting changes anything. At inference with ω1 = ω2 = 0 (a model loaded off the shelf)
+        it is the identity and is skipped; the zero check reruns only when the parameters change (their version
+        counter), so the forward pass has no host synchronisation."""
+        if self.high_pass_gain is None:
+            return False
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return True
+        gains = [g for g in (self.high_pass_gain, self.dc_gain) if g is not None]
+        version = tuple((g.data_ptr(), g._version) for g in gains)
+        if getattr(self, "_gain_version", None) != version:
+            self._gain_version, self._gains_nonzero = version, any(bool(g.any()) for g in gains)
+        return self._gains_nonzero
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -86,7 +100,8 @@ class FreqViTAttention(ViTAttention):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         values = value_states
-        if self.high_pass_gain is not None:
+        reweight = self.reweights()
+        if reweight:
             row_gain = (1.0 + self.high_pass_gain)[None, :, None].expand(input_shape[0], -1, input_shape[1])
             if self.dc_gain is not None and num_merged:
                 dc_rows = torch.arange(input_shape[1], device=hidden_states.device) >= input_shape[1] - num_merged
@@ -107,7 +122,7 @@ class FreqViTAttention(ViTAttention):
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
         )
-        if self.high_pass_gain is not None:
+        if reweight:
             # the low-pass part A_LP V = mean over keys of V; (B, 1, h, head_dim) against (B, n, h, head_dim)
             low_pass = value_states.mean(dim=2)[:, None] * self.high_pass_gain[:, None].to(value_states.dtype)
             attn_output = attn_output - low_pass

@@ -5,7 +5,7 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original p
 
 import torch
 
-from .token_state import group_means
+from .token_state import grid_constant, group_means
 
 
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
@@ -38,20 +38,24 @@ def split_by_score(scores: torch.Tensor, num_keep: int) -> tuple[torch.Tensor, t
     return order[:, :num_keep].sort(dim=1).values, order[:, num_keep:]
 
 
+@grid_constant
 def window_index(grid: tuple[int, int], window_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """Window of every patch of a (rows, cols) grid cut into w × w windows: `⌊r·w/H⌋·w + ⌊c·w/W⌋`. Returns (P,)."""
+    """Window of every patch of a (rows, cols) grid cut into w × w windows: `⌊r·w/H⌋·w + ⌊c·w/W⌋`. Returns (P,).
+    A constant per grid: computed once and cached (callers must not modify it)."""
     rows, cols = grid
     row_window = torch.arange(rows, device=device) * window_size // rows
     col_window = torch.arange(cols, device=device) * window_size // cols
     return (row_window[:, None] * window_size + col_window[None, :]).flatten()
 
 
+@grid_constant
 def window_transfer(
     grid: tuple[int, int], old_size: int, new_size: int, device: torch.device | None = None
 ) -> torch.Tensor:
     """For each old w × w window, the new window that holds its centre (the mean position of its patches).
 
     Returns (old_size²,): where each existing DC token is folded when the window size changes (e.g. 2 → 1).
+    A constant per grid: computed once and cached (callers must not modify it).
     """
     rows, cols = grid
     old_windows = window_index(grid, old_size)

@@ -5,6 +5,8 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, K kept.
 
 import torch
 
+from .token_state import grid_constant
+
 
 def cls_attention_scores(attention_probs: torch.Tensor) -> torch.Tensor:
     """Attention from the CLS token to every token, averaged over heads in fp32 (half-precision means tie and
@@ -22,8 +24,10 @@ def fuse_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (tokens * weights[..., None].to(tokens.dtype)).sum(dim=1, keepdim=True)
 
 
+@grid_constant
 def radial_scores(grid: tuple[int, int], norm: str = "l2", device: torch.device | None = None) -> torch.Tensor:
-    """Minus the distance of every patch centre to the image centre under the L1, L2 or L∞ norm: (P,).
+    """Minus the distance of every patch centre to the image centre under the L1, L2 or L∞ norm: (P,). A constant
+    per grid: computed once and cached (callers must not modify it).
 
     Ties (equal distances) rank by patch index, so the pattern is deterministic.
     """

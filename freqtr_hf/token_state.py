@@ -4,9 +4,24 @@ Sequence layout everywhere: `[CLS, candidates, merged]`. Candidates are original
 tracked); merged tokens (DC tokens, a fused token, clusters) stand for several patches (their patch count is tracked).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache, wraps
 
 import torch
+
+
+def grid_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Cache a tensor that depends only on its (hashable) arguments, such as a patch grid's window map: computed
+    once per grid and device, not in every forward. Built outside inference mode, so training can use it too."""
+
+    @lru_cache(maxsize=64)
+    @wraps(function)
+    def cached(*args, **kwargs) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            return function(*args, **kwargs)
+
+    return cached
 
 
 @dataclass
