@@ -7,7 +7,6 @@ trust_remote_code=True)`: weights, config with `auto_map`, modeling code, image 
 model-index holds the top-1 and GMACs measured here, reduced against unreduced.
 """
 
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def export_model(
     processor = AutoImageProcessor.from_pretrained(model)
     with staged_folder(output) as staging:
         write_model_files(staging, reduced, processor)
-        results = measure(staging, reduced.config, data, every, synsets, batch_size, target.type) if data else None
+        results = measure(staging, reduced.config, data, every, synsets, batch_size, target) if data else None
         model_card(
             reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
             name=output.name, repo_id=push_to_hub, license=license,
@@ -94,14 +93,12 @@ def check_trained(config: FreqViTConfig, missing_keys: list[str]) -> None:
 
 
 def measure(
-    folder: Path, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int, device: str
+    folder: Path, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int, device
 ) -> dict[str, dict]:
     """Top-1, agreement and images/s of the written folder, reduced and unreduced, as the model card wants them."""
-    if device != "cpu":
-        warnings.warn(f"export: the evaluation runs on the CPU, not {device}: run_evaluation takes no device yet")
-    rows = run_evaluation(
+    rows, _ = run_evaluation(
         str(folder), data, [config.reduction_method], keep_rate=config.keep_rate, batch_size=batch_size,
-        every=every, synsets=synsets,
+        every=every, synsets=synsets, device=device,
     )
     by_method = {row.method: asdict(row) for row in rows}
     return {"unreduced": by_method["none"], "before": by_method[config.reduction_method]}

@@ -7,6 +7,9 @@ The command line follows transformers' `run_image_classification_no_trainer.py`,
 recipe of the paper is the default: AdamW lr 1e-4, weight decay 2e-5, cosine schedule without warm-up, EMA 0.9998,
 loss CE + 0.5·KL(T=1) to the frozen unreduced teacher (`--distill_only`: KL alone, no labels needed).
 Multi-GPU, multi-node, DeepSpeed and FSDP come from `accelerate config`, as for any Accelerate script.
+
+Interrupted anywhere, the same command with `--resume_from_checkpoint latest` continues from the last checkpoint and
+ends exactly as the uninterrupted run would have; a resume with other settings, model or data is refused.
 """
 
 import argparse
@@ -33,8 +36,8 @@ from transformers import AutoImageProcessor, get_scheduler
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
-from freqtr_hf.evaluation import METRIC_SCRIPT, label_mapping, load_images, read_synsets
-from freqtr_hf.fingerprint import file_digest, files_digest, mismatch, model_digest
+from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images, read_synsets
+from freqtr_hf.fingerprint import file_digest, mismatch, model_digest
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
     gmacs, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
@@ -140,13 +143,13 @@ def missing_dependencies(args) -> list[str]:
 
 
 def remove_previous_run(output_dir: Path) -> None:
-    """--overwrite_output_dir: remove what an earlier run wrote (checkpoints, model, results, logs), so that no
-    stale checkpoint is resumed later. Other files are left alone."""
+    """--overwrite_output_dir: remove what an earlier run wrote (checkpoints, model, results, logs, and the leftovers
+    of interrupted writes), so that no stale checkpoint is resumed later. Other files are left alone."""
     for path in output_dir.iterdir():
-        stem = path.name.removesuffix(".tmp").removesuffix(".old")
-        if CHECKPOINT.fullmatch(stem) or stem in ("model", TRACKER_PROJECT):
+        name = path.name.removesuffix(".tmp").removesuffix(".old")
+        if CHECKPOINT.fullmatch(name) or name in ("model", TRACKER_PROJECT):
             shutil.rmtree(path)
-        elif path.name in (RUN_FILE, "results.json", "learning_curve.png"):
+        elif name in (RUN_FILE, "results.json", "learning_curve.png"):
             path.unlink()
 
 
@@ -216,18 +219,13 @@ def model_input_size(processor) -> tuple[int, int]:
     return size["height"], size["width"]
 
 
-def load_training_images(data: str, split: str = "train", every: int = 1) -> datasets.Dataset:
-    """`load_images` with the images left undecoded (`{"path", "bytes"}`), so that `read_image` decodes them."""
-    dataset = load_images(data, split=split, every=every)
-    return dataset.cast_column("image", datasets.Image(decode=False))
-
-
 def load_split(args, train: bool) -> datasets.Dataset | None:
+    """The training or validation images, undecoded (`read_image` decodes them in the collate function)."""
     every = 1 if train else args.validation_every
     if args.dataset_name:
-        return load_training_images(args.dataset_name, args.train_split if train else args.validation_split, every)
+        return load_images(args.dataset_name, args.train_split if train else args.validation_split, every)
     folder = args.train_dir if train else args.validation_dir
-    return load_training_images(folder, every=every) if folder else None
+    return load_images(folder, every=every) if folder else None
 
 
 def class_names(label_names: list[str], synsets: str | None) -> list[str]:
@@ -359,9 +357,9 @@ def read_run_state(checkpoint: Path) -> dict:
     """A checkpoint's run state, or a clear error naming the checkpoint."""
     try:
         state = json.loads((checkpoint / RUN_STATE).read_text())
-        for key in ("step", "history", "fingerprint"):
-            state[key]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        if not isinstance(state, dict) or not {"step", "history", "fingerprint"} <= state.keys():
+            raise ValueError("it lacks the step, the history or the fingerprint")
+    except (OSError, ValueError) as error:
         raise SystemExit(
             f"cannot resume from {checkpoint}: its {RUN_STATE} is missing or damaged ({type(error).__name__}: "
             f"{error}); it is not a complete checkpoint of this script"
@@ -369,29 +367,28 @@ def read_run_state(checkpoint: Path) -> dict:
     return state
 
 
-def data_digest(dataset: datasets.Dataset | None) -> str | None:
-    """What identifies the images of a local data set: their file names and sizes (None for a Hub or saved data
-    set, which its name and split identify)."""
-    if dataset is None:
-        return None
-    paths = [image["path"] for image in dataset["image"]]
-    if not paths or not all(paths) or not all(os.path.exists(p) for p in paths):
-        return None
-    return files_digest(paths, root=os.path.commonpath(paths))
-
-
 def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerator) -> dict:
     """Everything that changes what the run computes: the settings, the model's weights, the data's files."""
     fingerprint = {name: getattr(args, name) for name in JOB_SETTINGS}
     fingerprint |= {
         "model": model_digest(args.model_name_or_path, getattr(student.config, "_commit_hash", None)),
-        "train_files": data_digest(train_data),
-        "validation_files": data_digest(eval_data),
+        "train_files": data_fingerprint(train_data),
+        "validation_files": data_fingerprint(eval_data) if eval_data is not None else None,
         "synsets": file_digest(args.synsets) if args.synsets else None,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
     }
     return json.loads(json.dumps(fingerprint))  # as it reads back from a file (tuples become lists)
+
+
+def read_fingerprint(run_file: Path) -> dict:
+    """The fingerprint a run folder was started with, or a clear error naming the file."""
+    try:
+        return json.loads(run_file.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(
+            f"{run_file} is damaged ({type(error).__name__}: {error}); pass --overwrite_output_dir to start afresh"
+        ) from error
 
 
 def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
@@ -441,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
     fingerprint = job_fingerprint(args, student, train_data, eval_data, accelerator)
     check_same_job(fingerprint, run_state and run_state["fingerprint"], checkpoint)
     if args.resume_from_checkpoint and run_file.exists():
-        check_same_job(fingerprint, json.loads(run_file.read_text()), output_dir)
+        check_same_job(fingerprint, read_fingerprint(run_file), output_dir)
     if accelerator.is_main_process:
         if args.overwrite_output_dir and output_dir.is_dir():
             remove_previous_run(output_dir)
@@ -592,7 +589,7 @@ def training_summary(args, steps: int, accelerator: Accelerator) -> str:
         f"cross-entropy + {args.distill_weight}·KL to the unreduced teacher")
     return (
         f"{steps} steps on `{data}`, {args.per_device_train_batch_size} images per step and process × "
-        f"{args.gradient_accumulation_steps} accumulation × {accelerator.num_processes} processes; AdamW, learning "
+        f"{args.gradient_accumulation_steps} accumulation × {accelerator.num_processes} process(es); AdamW, learning "
         f"rate {args.learning_rate}, weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule with "
         f"{args.num_warmup_steps} warm-up steps; loss: {loss}; augmentation: random resized crop and flip. "
         + (f"The weights are the EMA (decay {args.ema_decay}) of the trained ones." if args.ema_decay > 0 else "")
@@ -617,11 +614,15 @@ def plot_learning_curve(history: dict, path: Path) -> None:
         top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
     figure.suptitle("FreqViT fine-tuning")
     figure.tight_layout()
-    temporary = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    figure.savefig(temporary, dpi=120)
+    temporary = path.with_name(f"{path.name}.tmp")
+    figure.savefig(temporary, dpi=120, format="png")
     plt.close(figure)
     os.replace(temporary, path)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: run the same command with --resume_from_checkpoint latest to continue from "
+                         "the last checkpoint") from None

@@ -14,8 +14,9 @@ import argparse
 from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
 from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf.evaluation import load_images
 
-from finetune import class_names, load_training_images, loading, make_collate, model_input_size, random_resized_crop_and_flip
+from finetune import class_names, loading, make_collate, model_input_size, random_resized_crop_and_flip
 
 
 def main(argv: list[str] | None = None) -> Trainer:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     args = parser.parse_args(argv)
 
     with loading(args.model_name_or_path, args.train_dir):
-        dataset = load_training_images(args.train_dir)
+        dataset = load_images(args.train_dir)
         names = class_names(dataset.features["label"].names, args.synsets)
         model = FreqViTForImageClassification.from_pretrained(
             args.model_name_or_path,
