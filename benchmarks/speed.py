@@ -1,11 +1,14 @@
-"""FreqViT against transformers' ViT on the same (random) weights: CPU throughput side by side in one run.
+"""FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
 
-    python benchmarks/speed.py [--sizes small base] [--batch-size 32] [--rounds 5]
+    python benchmarks/speed.py [--device auto|cpu|cuda] [--sizes small base] [--batch-sizes 1 32]
+        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory]
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
 median over rounds of the ratio within a round (ViT's time / the model's time), so each ratio pairs timings taken
-seconds apart on a noisy machine. Goal (issue 2): speed-up >= 90% of the MAC ratio; with
-reduction off, FreqViT within 3% of ViT.
+seconds apart on a noisy machine; it is also given as a share of the MAC ratio. On CUDA, peak memory per model is
+printed too. `--compile` adds `torch.compile` (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and
+the default FreqViT. `--training-memory` measures the activations a training step keeps for backward (batch 64),
+with and without reduction. Attention runs on sdpa.
 """
 
 import argparse
@@ -16,58 +19,146 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf.devices import describe, resolve_device, resolve_dtype
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
+# name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
+VARIANTS = {
+    "freqvit-off": dict(reduction_method="none"),
+    "freq": dict(reduction_method="freq"),
+    "freq-logits": dict(reduction_method="freq", score_source="logits"),
+    "topk": dict(reduction_method="topk"),
+    "evit": dict(reduction_method="evit"),
+    "tome": dict(reduction_method="tome"),
+    "tome-r13": dict(reduction_method="tome", tome_r=13),
+    "kmedoids": dict(reduction_method="kmedoids"),
+    "ats": dict(reduction_method="ats"),
+    "radial": dict(reduction_method="radial"),
+}
 
 
-def models_for(size: str) -> dict[str, tuple[torch.nn.Module, int]]:
-    """ViT, FreqViT with reduction off and FreqViT with the default schedule, sharing one set of weights."""
+def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
+    """ViT and each FreqViT variant, sharing one set of random weights, with their MACs."""
     width, heads = DEIT_SHAPES[size]
     shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width, num_labels=1000)
-    vit = ViTForImageClassification(ViTConfig(**shape)).eval()
+    vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
     models = {"vit": (vit, count_macs(vit.config))}
-    for name, config in (("freqvit-off", FreqViTConfig(**shape, reduction_method="none")),
-                         ("freqvit", FreqViTConfig(**shape))):
+    for name in variants:
+        config = FreqViTConfig(**shape, **VARIANTS[name], attn_implementation="sdpa")
         model = FreqViTForImageClassification(config).eval()
         model.load_state_dict(vit.state_dict(), strict=False)
         models[name] = (model, count_macs(config))
-    return models
+    return {name: (model.to(device=device, dtype=dtype), macs) for name, (model, macs) in models.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -> tuple[dict, dict]:
+    """Per model: its times over the rounds, and its peak memory (bytes, CUDA only)."""
+    times, peaks = {name: [] for name in models}, {}
+    names = list(models)
+    with torch.inference_mode():
+        for name in names:  # warm-up, and peak memory
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(2):
+                models[name][0](pixels)
+            synchronize(device)
+            peaks[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        for round_index in range(rounds):
+            # rotate the order, so that no model always runs first (or after the same one)
+            for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
+                synchronize(device)
+                start = time.perf_counter()
+                models[name][0](pixels)
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return times, peaks
+
+
+def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int) -> None:
+    vit_macs = models["vit"][1]
+    print(f"\n{title}")
+    print(f"{'model':<16} {'GMACs':>6} {'img/s':>9} {'speed-up':>9} {'MAC ratio':>10} {'share':>7} {'peak MiB':>9}")
+    for name, (_, macs) in models.items():
+        speedup = statistics.median(v / t for v, t in zip(times["vit"], times[name]))
+        mac_ratio = vit_macs / macs
+        peak = f"{peaks[name] / 2**20:9.0f}" if peaks.get(name) is not None else f"{'-':>9}"
+        print(f"{name:<16} {macs / 1e9:>6.2f} {batch_size / statistics.median(times[name]):>9.1f} {speedup:>8.2f}x "
+              f"{mac_ratio:>9.2f}x {100 * speedup / mac_ratio:>6.0f}% {peak}")
+
+
+def compiled_variants(models: dict, device) -> dict:
+    """ViT and the default FreqViT under torch.compile: default mode, and on CUDA reduce-overhead (CUDA graphs)."""
+    modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+    out = {"vit": models["vit"]}
+    for mode in modes:
+        for name in ("vit", "freq"):
+            model, macs = models[name]
+            out[f"{name}/{mode}"] = (torch.compile(model, mode=mode, fullgraph=True), macs)
+    return out
+
+
+def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
+    """Bytes of the distinct tensors a training step keeps for backward, weights aside (the activations), counted
+    as they are saved: the count does not depend on the device's allocator."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, total = set(), 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        labels = torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)
+        loss = model(pixels, labels=labels).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=DEIT_SHAPES)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
+    parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, batch {args.batch_size}")
-    for size in args.sizes:
-        models = models_for(size)
-        pixels = torch.randn(args.batch_size, 3, 224, 224)
-        times = {name: [] for name in models}
-        with torch.inference_mode():
-            for model, _ in models.values():  # warm-up
-                model(pixels)
-            names = list(models)
-            for round_index in range(args.rounds):
-                # rotate the order, so that no model always runs first (or after the same one)
-                for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
-                    model = models[name][0]
-                    start = time.perf_counter()
-                    model(pixels)
-                    times[name].append(time.perf_counter() - start)
-        median = {name: statistics.median(values) for name, values in times.items()}
-        speedups = {
-            name: statistics.median(vit_time / model_time for vit_time, model_time in zip(times["vit"], values))
-            for name, values in times.items()
-        }
-        vit_macs = models["vit"][1]
-        print(f"\nDeiT-{size[0].upper()} shapes")
-        print(f"{'model':<12} {'GMACs':>7} {'img/s':>8} {'speed-up':>9} {'MAC ratio':>10} {'speed-up / MAC ratio':>21}")
-        for name, (_, macs) in models.items():
-            speedup, mac_ratio = speedups[name], vit_macs / macs
-            print(f"{name:<12} {macs / 1e9:>7.2f} {args.batch_size / median[name]:>8.1f} {speedup:>8.2f}x "
-                  f"{mac_ratio:>9.2f}x {100 * speedup / mac_ratio:>20.1f}%")
+    device = resolve_device(args.device)
+    print(f"torch {torch.__version__}, {describe(device)}, sdpa attention")
+    for dtype_name in args.dtypes:
+        dtype = resolve_dtype(dtype_name, device)
+        for size in args.sizes:
+            models = build_models(size, args.methods, device, dtype)
+            for batch_size in args.batch_sizes:
+                pixels = torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)
+                times, peaks = time_side_by_side(models, pixels, args.rounds, device)
+                report(f"DeiT-{size[0].upper()} shapes, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size)
+                if args.compile and "freq" in models:
+                    compiled = compiled_variants(models, device)
+                    times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
+                    report(f"  torch.compile, DeiT-{size[0].upper()}, {dtype_name}, batch {batch_size}", compiled, times,
+                           peaks, batch_size)
+            if args.training_memory and "freq" in models:
+                pixels = torch.randn(64, 3, 224, 224, device=device, dtype=dtype)
+                vit_bytes = saved_activation_bytes(models["vit"][0], pixels)
+                freq_bytes = saved_activation_bytes(models["freq"][0], pixels)
+                print(f"\ntraining step, DeiT-{size[0].upper()}, {dtype_name}, batch 64: activations kept for backward "
+                      f"ViT {vit_bytes / 2**30:.2f} GiB, FreqViT {freq_bytes / 2**30:.2f} GiB "
+                      f"(ratio {vit_bytes / freq_bytes:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 __version__ = "0.2.0"
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-from transformers import ViTImageProcessor, ViTImageProcessorPil
+from transformers import ViTImageProcessorPil
+from transformers.utils import is_torchvision_available
 
 from .configuration_freqvit import FreqViTConfig
 from .macs import count_macs
@@ -13,9 +14,12 @@ AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
 AutoModel.register(FreqViTConfig, FreqViTModel, exist_ok=True)
 AutoModelForImageClassification.register(FreqViTConfig, FreqViTForImageClassification, exist_ok=True)
 # a FreqViT reads images as ViT does, so pipeline() finds its processor from the model alone
-AutoImageProcessor.register(
-    FreqViTConfig, image_processor_classes={"pil": ViTImageProcessorPil, "torchvision": ViTImageProcessor}, exist_ok=True
-)
+processors = {"pil": ViTImageProcessorPil}
+if is_torchvision_available():
+    from transformers import ViTImageProcessor
+
+    processors["torchvision"] = ViTImageProcessor
+AutoImageProcessor.register(FreqViTConfig, image_processor_classes=processors, exist_ok=True)
 # save_pretrained writes the modeling code and an auto_map, so the Hub copy loads with trust_remote_code=True
 FreqViTConfig.register_for_auto_class()
 FreqViTModel.register_for_auto_class("AutoModel")
