@@ -66,9 +66,9 @@ def export_model(
     reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
     check_trained(reduced.config, info["missing_keys"])
     processor = AutoImageProcessor.from_pretrained(model)
+    results = measure(model, reduction, reduced.config, data, every, synsets, batch_size, target) if data else None
     with staged_folder(output) as staging:
         write_model_files(staging, reduced, processor)
-        results = measure(staging, reduced.config, data, every, synsets, batch_size, target) if data else None
         model_card(
             reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
             name=output.name, repo_id=push_to_hub, license=license,
@@ -93,12 +93,15 @@ def check_trained(config: FreqViTConfig, missing_keys: list[str]) -> None:
 
 
 def measure(
-    folder: Path, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int, device
+    model: str, reduction: dict, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int,
+    device,
 ) -> dict[str, dict]:
-    """Top-1, agreement and images/s of the written folder, reduced and unreduced, as the model card wants them."""
+    """Top-1, agreement and images/s of the model as exported (the checkpoint with the reduction overrides, whose
+    resolved method and keep rate `config` holds) and of the unreduced checkpoint, as the model card wants them."""
+    overrides = {key: value for key, value in reduction.items() if key not in ("reduction_method", "keep_rate")}
     rows, _ = run_evaluation(
-        str(folder), data, [config.reduction_method], keep_rate=config.keep_rate, batch_size=batch_size,
-        every=every, synsets=synsets, device=device,
+        model, data, [config.reduction_method], keep_rate=config.keep_rate, batch_size=batch_size, every=every,
+        synsets=synsets, device=device, overrides=overrides,
     )
     by_method = {row.method: asdict(row) for row in rows}
     return {"unreduced": by_method["none"], "before": by_method[config.reduction_method]}
