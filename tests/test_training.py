@@ -139,6 +139,8 @@ def test_a_non_empty_output_dir_is_refused_before_any_work(tiny_run, tmp_path):
     missing = ["--train_dir", str(tmp_path / "absent")]
     with pytest.raises(SystemExit, match="is not empty.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
         finetune.main([*run_args(tiny_run, tmp_path, "--max_train_steps", "2"), *missing])
+    with pytest.raises(SystemExit, match="holds no run of this script to resume"):
+        finetune.main([*run_args(tiny_run, tmp_path, "--resume_from_checkpoint", "latest"), *missing])
 
 
 def test_overwrite_output_dir_starts_afresh_and_removes_the_old_checkpoints(tiny_run, tmp_path):
