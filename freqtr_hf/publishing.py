@@ -75,7 +75,7 @@ def base_model_license(model: str) -> str | None:
 
 def gmacs(config: FreqViTConfig) -> dict[str, float]:
     """GMACs per image of the model and of its unreduced counterpart (same weights, reduction off)."""
-    unreduced = FreqViTConfig(**{**config.to_dict(), "reduction_method": "none"})
+    unreduced = FreqViTConfig(**{**config.to_dict(), "reduction_method": "none", "tome_r": None})
     return {"unreduced": count_macs(unreduced) / 1e9, "reduced": count_macs(config) / 1e9}
 
 

@@ -114,6 +114,13 @@ def test_bad_requests_are_refused_naming_the_problem(tiny_base, tmp_path, reduct
     assert not (tmp_path / "out").exists()
 
 
+def test_per_layer_tome_exports_with_its_token_counts(tiny_base, tmp_path):
+    folder = export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), {"reduction_method": "tome", "tome_r": 8})
+    card = ModelCard.load(folder / "README.md")
+    assert "| `tome_r` | 8 tokens merged in every block |" in card.text
+    assert "| `tokens` | 65 → 57 → 49 → 41 → 33 |" in card.text
+
+
 def test_push_to_hub_uploads_the_folder_and_the_card_names_the_repo(tiny_base, tmp_path):
     api = RecordingHubApi()
     folder = export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), TINY_REDUCTION,
