@@ -1,0 +1,97 @@
+"""Property-based checks over generated configs: every config is refused naming a field, or gives finite logits of
+the right shape, with a batch equal to its images run alone; a field changed after construction is refused when a
+model is built or run."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FIELD_NAMES = (*REDUCTION_FIELDS, "image_size", "patch_size", "num_hidden_layers")
+
+@st.composite
+def configs(draw) -> dict:
+    """Mostly consistent schedules (so that many models run), with a share of broken values of every kind."""
+    depth = draw(st.integers(1, 4))
+    stages = draw(st.integers(0, 3))
+    layers = sorted(draw(st.lists(st.integers(-1, depth), min_size=stages, max_size=stages)))
+    rate = st.one_of(st.sampled_from([0.25, 0.5, 0.7, 0.9, 1.0]), st.floats(-0.5, 1.5), st.just(math.nan))
+    rates = draw(st.one_of(rate, st.lists(rate, min_size=stages, max_size=stages + draw(st.integers(0, 1)))))
+    return {
+        "reduction_method": draw(st.sampled_from(REDUCTION_METHODS)),
+        "num_hidden_layers": depth,
+        "reduction_layers": layers,
+        "keep_rate": rates,
+        "dc_window_sizes": draw(st.lists(st.sampled_from([1, 1, 2, 3, 0, 9]), min_size=stages, max_size=stages)),
+        "image_size": draw(st.sampled_from([16, 32, 48])),
+        "patch_size": draw(st.sampled_from([4, 8, 8, 16, 0, 40])),
+        "dc_update": draw(st.sampled_from(["count_weighted", "token_mean", "count_weighted", "median"])),
+        "score_source": draw(st.sampled_from(["attention", "logits"])),
+        "cluster_iterations": draw(st.sampled_from([1, 3, 3, 0, 10**6])),
+    }
+
+
+TINY = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_labels=5)
+
+
+@FAST
+@given(values=configs())
+def test_a_config_is_refused_naming_a_field_or_runs_finite_and_batch_consistent(values):
+    try:
+        config = FreqViTConfig(**TINY, **values)
+    except ValueError as error:
+        assert any(name in str(error) for name in FIELD_NAMES), str(error)
+        return
+    model = FreqViTForImageClassification(config).eval()
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 3, config.image_size, config.image_size)
+    with torch.no_grad():
+        batch = model(pixels).logits
+        alone = torch.cat([model(pixels[i : i + 1]).logits for i in range(3)])
+    assert batch.shape == (3, 5) and torch.isfinite(batch).all()
+    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-4)
+
+
+changes = st.sampled_from(
+    [
+        ("keep_rate", 5.0), ("keep_rate", math.nan), ("keep_rate", 0.0), ("reduction_layers", (1, 9)),
+        ("reduction_layers", (2, 1)), ("dc_window_sizes", (2,)), ("dc_window_sizes", (40, 1)),
+        ("reduction_method", "pca"), ("cluster_iterations", 10**6), ("dynamicvit_ratio_weight", -1.0),
+        ("score_source", "gradients"), ("patch_size", 0),
+    ]
+)
+
+
+@FAST
+@given(change=changes)
+def test_a_field_changed_after_construction_is_refused_when_a_model_is_built(change):
+    field, value = change
+    config = FreqViTConfig(**TINY, image_size=32, patch_size=8, num_hidden_layers=3, reduction_layers=(0, 1),
+                           dc_window_sizes=(2, 1))
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=field):
+        FreqViTForImageClassification(config)
+
+
+def test_a_field_changed_after_the_model_was_built_is_refused_when_it_runs():
+    config = FreqViTConfig(**TINY, image_size=32, patch_size=8, num_hidden_layers=3, reduction_layers=(0, 1),
+                           dc_window_sizes=(2, 1))
+    model = FreqViTForImageClassification(config).eval()
+    model.config.keep_rate = 0.5
+    with pytest.raises(ValueError, match="changed after the model was built"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_a_shallow_vit_loads_with_its_own_schedule(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(**TINY, image_size=32, patch_size=8, num_hidden_layers=6)).save_pretrained(tmp_path)
+    model = FreqViTForImageClassification.from_pretrained(tmp_path, reduction_layers=(1, 3), dc_window_sizes=(2, 1))
+    assert model.config.reduction_layers == (1, 3)
+    assert FreqViTConfig(reduction_method="none", num_hidden_layers=2).num_hidden_layers == 2
