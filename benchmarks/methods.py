@@ -1,49 +1,107 @@
-"""Every training-free method on one checkpoint, without fine-tuning: top-1, agreement, GMACs and throughput per
-keep rate, in one table.
+"""Every training-free method on one checkpoint, without fine-tuning: top-1, agreement with the unreduced model,
+GMACs and throughput per data set and keep rate, in tables, a JSON file and a plot of accuracy against GMACs.
 
     python benchmarks/methods.py [--model ../shared/assets/deit-tiny-patch16-224]
-        [--data ../shared/assets/imagenette/val] [--every 4] [--keep-rates 0.9 0.7 0.5 0.25]
+        [--data ../shared/assets/imagenette/val ../shared/assets/imagewoof_train_sample] [--every 4 1]
+        [--keep-rates 0.9 0.7 0.5 0.25] [--output benchmarks/methods.json] [--plot docs/keep_rate.png]
 
-Within a keep rate, every batch runs through the unreduced model and each method in turn, so the throughputs are
-measured side by side; speed-ups are against the unreduced model of the same keep-rate run.
+Within a data set and keep rate, every batch runs through the unreduced model and each method in turn, so the
+throughputs are measured side by side. `freq_logits` is `freq` with `score_source="logits"`. Per-layer ToMe (`tome_r`, the original form) runs at the r whose GMACs are
+closest to the per-stage methods' at that keep rate (none at 0.25, below its ⌊(t − 1)/2⌋ cap).
 """
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor
 
+from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
+
+
+def matched_tome_r(model: str, keep_rate: float) -> int | None:
+    """The per-layer ToMe r whose MACs are closest to the per-stage `freq` schedule at `keep_rate`, if it is within 3%."""
+    config = FreqViTConfig.from_pretrained(model)
+    target = count_macs(FreqViTConfig.from_dict(config.to_dict(), keep_rate=keep_rate))
+    macs = {r: count_macs(FreqViTConfig.from_dict(config.to_dict(), reduction_method="tome", tome_r=r)) for r in range(1, 33)}
+    best = min(macs, key=lambda r: abs(macs[r] - target))
+    return best if abs(macs[best] - target) <= 0.03 * target else None
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Top-1 (or agreement, without labels) against GMACs, one line per method, one panel per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(row["data"] for row in rows))
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for axis, data in zip(axes[0], datasets):
+        subset = [row for row in rows if row["data"] == data]
+        unreduced = next(row for row in subset if row["method"] == "none")
+        line_of = {row["method"]: "tome (per layer)" if row["method"].startswith("tome_r") else row["method"]
+                   for row in subset}
+        for line in dict.fromkeys(line_of[row["method"]] for row in subset if row["method"] != "none"):
+            points = sorted((r["gmacs"], 100 * (r["top1"] if r["top1"] is not None else r["agreement"]))
+                            for r in subset if line_of[r["method"]] == line)
+            axis.plot(*zip(*points), "o-", label=line, linewidth=2.5 if line.startswith("freq") else 1.2)
+        axis.axhline(100 * (unreduced["top1"] if unreduced["top1"] is not None else 1.0), color="grey", ls="--",
+                     label=f"unreduced ({unreduced['gmacs']:.2f} GMACs)")
+        axis.set_title(f"{Path(data).name} ({unreduced['images']} images)")
+        axis.set_xlabel("GMACs per image")
+        axis.set_ylabel("top-1 %" if unreduced["top1"] is not None else "agreement with unreduced %")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Training-free token reduction: accuracy against cost (keep rates 0.9 → 0.25, right to left)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
-    parser.add_argument("--data", default="../shared/assets/imagenette/val")
+    parser.add_argument("--data", nargs="+",
+                        default=["../shared/assets/imagenette/val", "../shared/assets/imagewoof_train_sample"])
+    parser.add_argument("--every", type=int, nargs="+", default=[4, 1], help="one per data set")
     parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
-    parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5, 0.25])
     parser.add_argument("--methods", nargs="+", default=list(TRAINING_FREE_METHODS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", help="write all rows as JSON here")
+    parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")
     args = parser.parse_args()
+    if len(args.every) != len(args.data):
+        parser.error("--every: give one value per --data")
 
-    dataset = load_images(args.data, every=args.every)
     processor = AutoImageProcessor.from_pretrained(args.model)
     rows = []
-    for keep_rate in args.keep_rates:
-        models = build_models(args.model, args.methods, keep_rate, torch.float32)
-        labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
-        results = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size)
-        print(f"\nkeep rate {keep_rate}, {len(dataset)} images")
-        print(format_table(results), flush=True)
-        rows += [r.__dict__ | {"keep_rate": keep_rate} for r in results]
+    for data, every in zip(args.data, args.every):
+        dataset = load_images(data, every=every)
+        for keep_rate in args.keep_rates:
+            models = build_models(args.model, args.methods, keep_rate)
+            tome_r = matched_tome_r(args.model, keep_rate) if "tome" in args.methods else None
+            if tome_r is not None:
+                models[f"tome_r{tome_r}"] = build_models(args.model, ["tome"], keep_rate, overrides={"tome_r": tome_r})["tome"]
+            if "freq" in args.methods:  # the paper's attention-free score (App. J)
+                models["freq_logits"] = build_models(args.model, ["freq"], keep_rate, overrides={"score_source": "logits"})["freq"]
+            labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
+            results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size)
+            for name, row in zip(models, results):
+                row.method = name
+            print(f"\n{data}, keep rate {keep_rate}, {len(dataset)} images")
+            print(format_table(results), flush=True)
+            rows += [r.__dict__ | {"keep_rate": keep_rate, "data": data, "images": len(dataset)} for r in results]
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        Path(args.output).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":
+    torch.set_grad_enabled(False)
     main()

@@ -129,7 +129,8 @@ def build_models(
     `overrides`: extra config fields for the reduced models. Warns about methods whose parameters are untrained."""
     models = {}
     for method in ["none", *[m for m in methods if m != "none"]]:
-        fields = {} if method == "none" else {"keep_rate": keep_rate, **(overrides or {})}
+        # the unreduced reference drops every reduction setting a FreqViT checkpoint may carry
+        fields = {"tome_r": None} if method == "none" else {"keep_rate": keep_rate, **(overrides or {})}
         loaded, info = FreqViTForImageClassification.from_pretrained(
             model, reduction_method=method, dtype=dtype, output_loading_info=True, **fields
         )

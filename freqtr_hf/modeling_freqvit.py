@@ -214,6 +214,8 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     _keys_to_ignore_on_load_missing = [
         r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
     ]
+    # and a FreqViT checkpoint loaded with another method (or unreduced) leaves its reduction parameters unused
+    _keys_to_ignore_on_load_unexpected = [r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\."]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, with an `auto_map` for every Auto class a FreqViT serves, so the folder
