@@ -99,11 +99,16 @@ EXPORT_CHECK = """
 import sys
 sys.modules["freqtr_hf"] = None  # the package is not importable: only the exported code may serve
 import torch
-from transformers import AutoModelForImageClassification
+from transformers import AutoModel, AutoModelForImageClassification
 model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 assert "freqtr_hf" not in type(model).__module__, type(model).__module__
+encoder = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert type(encoder).__name__ == "FreqViTModel", type(encoder).__name__
+pixels = torch.load(sys.argv[2])
 with torch.no_grad():
-    logits = model(torch.load(sys.argv[2])).logits
+    logits = model(pixels).logits
+    features = encoder(pixels).last_hidden_state
+    assert torch.equal(features, model.vit(pixels).last_hidden_state)  # the classifier's own encoder weights
 print((logits - torch.load(sys.argv[3])).abs().max().item())
 """
 
@@ -125,6 +130,8 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     assert "model.safetensors" in saved
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_freqvit.FreqViTForImageClassification"
+    assert auto_map["AutoModel"] == "modeling_freqvit.FreqViTModel"
+    assert auto_map["AutoConfig"] == "configuration_freqvit.FreqViTConfig"
 
     pixels = torch.randn(2, 3, 64, 64)
     torch.save(pixels, tmp_path / "pixels.pt")
@@ -139,3 +146,14 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.strip().splitlines()[-1]) == 0.0
+
+
+def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):
+    model = FreqViTForImageClassification(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(encoder, FreqViTModel)
+    assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), FreqViTForImageClassification)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(encoder(pixels).last_hidden_state, model.vit(pixels).last_hidden_state)
