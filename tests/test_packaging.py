@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,20 @@ def test_wheel_and_sdist_build_and_pass_twine_check(distributions):
 @pytest.mark.parametrize("kind", [".whl", ".gz"])
 def test_each_installs_in_a_fresh_venv_and_runs(distributions, tmp_path, kind):
     venv = tmp_path / "venv"
-    # system site packages give torch and transformers; the distribution itself is installed into the venv
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, package = venv / "bin" / "python", next(p for p in distributions if p.suffix == kind)
+    if kind == ".gz":  # the sdist holds all it needs: unpack it and build the wheel from it alone
+        shutil.unpack_archive(package, tmp_path / "sdist")
+        source = next((tmp_path / "sdist").iterdir())
+        subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "w"),
+                        str(source)], check=True, capture_output=True)
+        package = next((tmp_path / "w").glob("*.whl"))
+    # the dependencies (torch, transformers, ...) come from this environment, listed after the venv's own packages;
+    # a plain path entry does not run this environment's .pth files, so its editable install stays out of sight
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    parents = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(site) / "parent_environment.pth").write_text("\n".join(parents) + "\n")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(package)],
                    check=True, capture_output=True)
     version = subprocess.run([venv / "bin" / "freqtr-hf", "--version"], capture_output=True, text=True, check=True)
