@@ -8,7 +8,6 @@ the file; an image over `max_pixels` is refused from its header, before it is de
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from transformers import ViTForImageClassification, ViTImageProcessorPil
 
 from freqtr_hf import FreqViTConfig
 
@@ -30,6 +33,24 @@ def tiny_config(**overrides) -> FreqViTConfig:
     )
     values.update(overrides)
     return FreqViTConfig(**values)
+
+
+def write_tiny_vit(folder: Path) -> Path:
+    """A tiny random ViT checkpoint whose classes are `class 0 … class 9`, with an image processor (64 px)."""
+    torch.manual_seed(0)
+    config = tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(folder)
+    return folder
+
+
+def write_images(folder: Path, classes: list[str], count: int, seed: int = 0) -> None:
+    """`count` random 80x72 PNGs in a sub-folder per class."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, ViTForImageClassification, ViTImageProcessorPil
+from transformers import AutoImageProcessor
 
 import freqtr_hf_cli
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, TRAINING_FREE_METHODS
@@ -20,22 +20,14 @@ from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, l
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf_cli import main
 
-from conftest import SYNSETS, tiny_config
+from conftest import SYNSETS, write_images, write_tiny_vit
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     """A tiny ViT with its processor, and a folder of two classes with 6 images each."""
-    torch.manual_seed(0)
-    config = tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)})
-    ViTForImageClassification(config).save_pretrained(tmp_path / "model")
-    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "model")
-    rng = np.random.default_rng(0)
-    for label in range(2):
-        folder = tmp_path / "data" / f"class {label}"
-        folder.mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    write_tiny_vit(tmp_path / "model")
+    write_images(tmp_path / "data", ["class 0", "class 1"], 6)
     return tmp_path
 
 

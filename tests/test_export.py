@@ -9,13 +9,12 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import ViTForImageClassification, ViTImageProcessor
 
-from conftest import tiny_config
+from conftest import write_images, write_tiny_vit
 from freqtr_hf import FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
 from test_loading import EXPORT_CHECK
-from test_training import RecordingHubApi, write_images
+from test_training import RecordingHubApi
 
 TINY_REDUCTION = {"reduction_method": "freq", "keep_rate": 0.5, "reduction_layers": [1, 2], "dc_window_sizes": [2, 1]}
 
@@ -38,10 +37,7 @@ for block in re.findall(r"```python\\n(.*?)```", open(sys.argv[1] + "/README.md"
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny ViT checkpoint (classes `class 0 … class 9`, with its image processor) and a folder of two classes."""
     root = tmp_path_factory.mktemp("tiny_base")
-    config = tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)})
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(root / "vit-tiny")
-    ViTImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(root / "vit-tiny")
+    write_tiny_vit(root / "vit-tiny")
     write_images(root / "images" / "val", ["class 0", "class 1"], 3)
     return root
 

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification, ViTImageProcessor
 
-from conftest import tiny_config
+from conftest import tiny_config, write_images, write_tiny_vit
 from test_loading import EXPORT_CHECK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,22 +28,11 @@ from freqtr_hf.publishing import publish_to_hub  # noqa: E402
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
 
 
-def write_images(folder: Path, classes: list[str], count: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        (folder / name).mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny pretrained ViT whose classes are `class 0 … class 9`, and image folders of two of them."""
     root = tmp_path_factory.mktemp("tiny_run")
-    config = tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)})
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(root / "model")
-    ViTImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False).save_pretrained(root / "model")
+    write_tiny_vit(root / "model")
     write_images(root / "train", ["class 0", "class 1"], 8)
     write_images(root / "val", ["class 0", "class 1"], 4, seed=1)
     return root
