@@ -1,5 +1,6 @@
 """The figures and the short markdown report of `freqtr-hf analyze`, drawn from the report dict alone."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -84,7 +85,7 @@ def depth_map_figure(report: dict, output_dir: Path) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"{name}\nkeep {rate:g}", fontsize=7)
+                ax.set_title(f"{textwrap.fill(name.replace('_', ' '), 14)}\nkeep {rate:g}", fontsize=7)
             if col == 0:
                 ax.set_ylabel(method, fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="mean depth a patch leaves at (block)")

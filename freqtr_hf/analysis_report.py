@@ -69,6 +69,7 @@ class AnalysisOptions:
     noise_scale: float = 1.0
     noise_layers: tuple[int, ...] | None = None  # None: the checkpoint's reduction layers
     seed: int = 0
+    nmi_images: int = 256  # images whose assignments the NMI compares (scikit-learn's NMI is one call per image)
     chance_images: int = 64  # images used for the NMI of shuffled assignments
     checkpoint_seconds: float = 60.0
 
@@ -372,23 +373,25 @@ def pruning_similarity(caches: dict[str, JobCache], labels: list[str]) -> dict:
 
 
 def merging_similarity(caches: dict[str, JobCache], labels: list[str], options: AnalysisOptions) -> dict:
-    """Per stage, the mean over images of the NMI of the patch-to-token assignments between every pair of models,
-    and each model's chance level: its NMI with its own assignment shuffled over the patches."""
-    assignments = {label: caches[label].arrays()["provenance"] for label in labels}
+    """Per stage, the mean over the first `options.nmi_images` images of the NMI of the patch-to-token assignments
+    between every pair of models, and each model's chance level: its NMI with its own assignment shuffled over the
+    patches (many small clusters score well above 0 by chance)."""
+    assignments = {label: caches[label].arrays()["provenance"][: options.nmi_images] for label in labels}
     num_stages = min(v.shape[1] for v in assignments.values()) if labels else 0
     rng = np.random.default_rng(options.seed)
     matrices, chance = [], {label: [] for label in labels}
     for s in range(num_stages):
-        matrix = [[0.0] * len(labels) for _ in labels]
+        matrix = [[1.0] * len(labels) for _ in labels]
         for i, a in enumerate(labels):
-            for j in range(i, len(labels)):
+            for j in range(i + 1, len(labels)):
                 value = _mean(assignment_nmi(assignments[a][:, s], assignments[labels[j]][:, s]))
                 matrix[i][j] = matrix[j][i] = value
             sample = assignments[a][: options.chance_images, s]
             chance[a].append(_mean(assignment_nmi(sample, rng.permuted(sample, axis=1))))
         matrices.append(matrix)
     layers = [stage[0] for stage in caches[labels[0]].stages][:num_stages] if labels else []
-    return {"labels": labels, "layers": layers, "matrix": matrices, "chance": chance}
+    images = min(options.nmi_images, *(len(v) for v in assignments.values())) if labels else 0
+    return {"labels": labels, "layers": layers, "images": images, "matrix": matrices, "chance": chance}
 
 
 def map_similarity(maps: dict[str, np.ndarray]) -> dict:
