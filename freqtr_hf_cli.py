@@ -55,7 +55,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> N
     parser.add_argument(
         "--dataset-config", help=f"configuration of a Hub dataset (for {DEFAULT_DATA}: {DEFAULT_DATA_CONFIG})"
     )
-    parser.add_argument("--every", type=positive_int, default=1, help="use every N-th image (files sorted by path)")
+    parser.add_argument(
+        "--every", type=positive_int, default=[1] if many else 1, nargs="+" if many else None,
+        help="use every N-th image (files sorted by path)" + ("; one value, or one per --data" if many else ""),
+    )
     parser.add_argument(
         "--synsets", help="class list (imagenet_synsets.txt: line = class index) mapping folder wnids to the model's classes"
     )

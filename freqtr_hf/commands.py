@@ -93,8 +93,11 @@ def run_export(args: argparse.Namespace) -> int:
 def run_analyze(args: argparse.Namespace) -> int:
     from .analysis_report import run_analysis
 
+    if len(args.every) not in (1, len(args.data)):
+        raise ValueError(f"--every: give one value, or one per --data ({len(args.data)}), got {len(args.every)}")
+    every = args.every[0] if len(args.every) == 1 else args.every
     run_analysis(
-        args.model, args.data, args.methods, args.keep_rates, args.output, every=args.every, synsets=args.synsets,
+        args.model, args.data, args.methods, args.keep_rates, args.output, every=every, synsets=args.synsets,
         device=args.device, batch_size=args.batch_size,
     )
     print(f"freqtr-hf analyze: wrote {Path(args.output) / 'report.md'}")
