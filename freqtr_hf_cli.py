@@ -39,10 +39,11 @@ def keep_rate(text: str) -> float:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a ViT/DeiT/FreqViT checkpoint")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: the GPU when there is one")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="weights and activations")
+    if dtype:
+        parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="weights and activations")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
 
 
@@ -51,10 +52,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> N
         "--data", nargs="+" if many else None, default=[DEFAULT_DATA] if many else DEFAULT_DATA,
         help="folder of class sub-folders (e.g. ImageNet wnids), a save_to_disk folder, or a Hub dataset id",
     )
-    parser.add_argument("--split", default="validation", help="split of a Hub or saved dataset")
-    parser.add_argument(
-        "--dataset-config", help=f"configuration of a Hub dataset (for {DEFAULT_DATA}: {DEFAULT_DATA_CONFIG})"
-    )
+    if not many:  # the analysis reads folders and saved datasets as they are
+        parser.add_argument("--split", default="validation", help="split of a Hub or saved dataset")
+        parser.add_argument(
+            "--dataset-config", help=f"configuration of a Hub dataset (for {DEFAULT_DATA}: {DEFAULT_DATA_CONFIG})"
+        )
     parser.add_argument(
         "--every", type=positive_int, default=[1] if many else 1, nargs="+" if many else None,
         help="use every N-th image (files sorted by path)" + ("; one value, or one per --data" if many else ""),
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a ViT/DeiT checkpoint into a FreqViT folder that loads with trust_remote_code=True.",
         formatter_class=formatter,
     )
-    add_model_arguments(export)
+    add_model_arguments(export, dtype=False)  # the weights are written as the checkpoint holds them
     export.add_argument("--method", default="freq", choices=REDUCTION_METHODS[1:], help="reduction method")
     add_reduction_arguments(export)
     export.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run each method over the data with provenance and attention output and write a report.",
         formatter_class=formatter,
     )
-    add_model_arguments(analyze)
+    add_model_arguments(analyze, dtype=False)  # the analysis runs in float32
     add_data_arguments(analyze, many=True)
     analyze.add_argument(
         "--methods", nargs="+", default=list(TRAINING_FREE_METHODS), choices=REDUCTION_METHODS[1:], metavar="METHOD",
@@ -142,7 +144,7 @@ def package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "dataset_config", None) is None and DEFAULT_DATA in (args.data if isinstance(args.data, list) else [args.data]):
+    if hasattr(args, "dataset_config") and args.dataset_config is None and args.data == DEFAULT_DATA:
         args.dataset_config = DEFAULT_DATA_CONFIG
     try:
         from freqtr_hf import commands
