@@ -9,10 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from transformers import ViTImageProcessor
 
-from freqtr_hf import FreqViTForImageClassification
 from freqtr_hf.analysis_report import AnalysisOptions, run_analysis
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.frequency_analysis import (
@@ -35,7 +32,7 @@ from freqtr_hf.pattern_analysis import (
 )
 from freqtr_hf.token_state import TokenProvenance, TokenState
 
-from conftest import tiny_config
+from conftest import write_images, write_tiny_vit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,21 +178,11 @@ def test_token_noise_hits_the_chosen_set_only():
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A tiny random FreqViT checkpoint with an image processor, and two folders of 2 classes of random images."""
+    """A tiny random ViT checkpoint with an image processor, and two folders of 2 classes of random images."""
     root = tmp_path_factory.mktemp("analysis")
-    labels = [f"class{i}" for i in range(10)]
-    config = tiny_config(reduction_method="none", id2label=dict(enumerate(labels)),
-                         label2id={label: i for i, label in enumerate(labels)})
-    torch.manual_seed(0)
-    FreqViTForImageClassification(config).save_pretrained(root / "model")
-    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
-    for data, count in (("first", 5), ("second", 3)):
-        for label in labels[:2]:
-            (root / data / label).mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 255, (70, 80, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / data / label / f"{i}.png")
+    write_tiny_vit(root / "model")
+    write_images(root / "first", ["class 0", "class 1"], 5)
+    write_images(root / "second", ["class 0", "class 1"], 3, seed=1)
     return root
 
 
