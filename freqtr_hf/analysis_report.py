@@ -28,8 +28,8 @@ from transformers import AutoImageProcessor
 from .analysis_figures import write_figures, write_markdown
 from .configuration_freqvit import REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
-from .evaluation import METRIC_SCRIPT, label_mapping, load_images
-from .fingerprint import files_digest, mismatch, model_digest
+from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images
+from .fingerprint import mismatch, model_digest
 from .frequency_analysis import (
     NOISE_SETS,
     add_token_noise,
@@ -142,16 +142,6 @@ def _slug(text: str) -> str:
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def data_fingerprint(dataset: datasets.Dataset) -> str:
-    """A digest of the image files (names relative to their common folder, and sizes) of a folder data set, else
-    `datasets`' own fingerprint."""
-    sources = dataset.cast_column("image", datasets.Image(decode=False))["image"]
-    paths = [source.get("path") for source in sources]
-    if paths and all(p and not source.get("bytes") and Path(p).is_file() for p, source in zip(paths, sources)):
-        return files_digest(paths, root=os.path.commonpath(paths))
-    return f"datasets:{dataset._fingerprint}"
 
 
 def _write_atomically(path: Path, write) -> None:

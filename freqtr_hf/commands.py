@@ -91,7 +91,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 @one_line_errors
 def run_analyze(args: argparse.Namespace) -> int:
-    from .analysis_report import run_analysis
+    try:
+        from .analysis_report import run_analysis
+    except ImportError as error:  # scipy, scikit-learn, matplotlib: the analysis extra
+        return _fail(f"the analysis needs {error.name}: pip install -e \".[analysis]\" (or pip install {error.name})")
 
     if len(args.every) not in (1, len(args.data)):
         raise ValueError(f"--every: give one value, or one per --data ({len(args.data)}), got {len(args.every)}")

@@ -15,7 +15,6 @@ Each model loads once, and its reduced variants share its parameter tensors.
 
 import functools
 import os
-import re
 import statistics
 import tempfile
 import textwrap
@@ -35,7 +34,7 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
-from freqtr_hf.analysis import layer_high_frequency
+from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.images import ImageReadError, read_image
