@@ -58,7 +58,7 @@ class TokenProvenance:
     def kept(self) -> torch.BoolTensor:
         """(B, P): the patches that are tokens of their own after this stage."""
         in_kept = (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
-        if self.kept_is_patch is None:
+        if self.kept_is_patch is None or self.num_kept == 0:
             return in_kept
         index = (self.patch_to_token - 1).clamp(0, max(self.num_kept - 1, 0))
         return in_kept & self.kept_is_patch.gather(1, index)
