@@ -19,6 +19,7 @@ from transformers import AutoImageProcessor
 
 from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
 
 
@@ -72,23 +73,29 @@ def main() -> None:
     parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5, 0.25])
     parser.add_argument("--methods", nargs="+", default=list(TRAINING_FREE_METHODS))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--output", help="write all rows as JSON here")
     parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")
     args = parser.parse_args()
     if len(args.every) != len(args.data):
         parser.error("--every: give one value per --data")
 
+    device = resolve_device(args.device)
+    print(f"{describe(device)}, float32, batch {args.batch_size}")
     processor = AutoImageProcessor.from_pretrained(args.model)
     rows = []
     for data, every in zip(args.data, args.every):
         dataset = load_images(data, every=every)
         for keep_rate in args.keep_rates:
-            models = build_models(args.model, args.methods, keep_rate)
+            models = build_models(args.model, args.methods, keep_rate, device=device)
+            variants = {}
             tome_r = matched_tome_r(args.model, keep_rate) if "tome" in args.methods else None
             if tome_r is not None:
-                models[f"tome_r{tome_r}"] = build_models(args.model, ["tome"], keep_rate, overrides={"tome_r": tome_r})["tome"]
+                variants[f"tome_r{tome_r}"] = ("tome", {"tome_r": tome_r})
             if "freq" in args.methods:  # the paper's attention-free score (App. J)
-                models["freq_logits"] = build_models(args.model, ["freq"], keep_rate, overrides={"score_source": "logits"})["freq"]
+                variants["freq_logits"] = ("freq", {"score_source": "logits"})
+            for name, (method, overrides) in variants.items():
+                models[name] = build_models(args.model, [method], keep_rate, device=device, overrides=overrides)[method]
             labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
             results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size)
             for name, row in zip(models, results):
