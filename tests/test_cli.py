@@ -213,3 +213,27 @@ def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     assert result.returncode == 2
     message = error_lines(result.stderr)
     assert len(message) == 1 and "pass local folders" in message[0]
+
+
+def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
+    from freqtr_hf import FreqViTForImageClassification
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = FreqViTForImageClassification(tiny_config(reduction_method="none", id2label={i: f"class {i}" for i in range(10)}))
+    model.save_pretrained(tmp_path / "model")  # a FreqViT checkpoint carries its 4-block schedule (layers 1, 2)
+    write_tiny_vit(tmp_path / "vit")  # only for its image processor
+    (tmp_path / "vit" / "preprocessor_config.json").rename(tmp_path / "model" / "preprocessor_config.json")
+    write_images(tmp_path / "data", ["class 0", "class 1"], 3)
+    assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "exported"),
+                 "--keep-rate", "0.5", "--device", "cpu"]) == 0
+    assert (tmp_path / "exported" / "README.md").exists() and (tmp_path / "exported" / "config.json").exists()
+    assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
+                 "topk", "--keep-rates", "0.5", "--output", str(tmp_path / "report"), "--device", "cpu",
+                 "--batch-size", "4"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {"accuracy", "log_amplitude", "depth_maps", "cka"} <= set(report)
+    assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "1", "2",
+                 "--output", str(tmp_path / "report")]) == 2
+    assert "--every" in capsys.readouterr().err
