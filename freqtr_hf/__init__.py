@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from transformers import ViTImageProcessorPil
 from transformers.utils import is_torchvision_available
 
-from .configuration_freqvit import FreqViTConfig
+from .configuration_freqvit import TRAINING_FREE_FREQ, FreqViTConfig
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification, FreqViTModel, FreqViTPreTrainedModel, TokenProvenance
 
@@ -30,6 +30,7 @@ __all__ = [
     "FreqViTForImageClassification",
     "FreqViTModel",
     "FreqViTPreTrainedModel",
+    "TRAINING_FREE_FREQ",
     "TokenProvenance",
     "count_macs",
 ]

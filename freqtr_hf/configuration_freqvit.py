@@ -5,7 +5,9 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_schedule import MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, pair, patch_grid
+from .token_schedule import (
+    KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, pair, patch_grid,
+)
 
 
 REDUCTION_METHODS = ("none", "freq", "evit", *PRUNING_METHODS, *MERGING_METHODS)
@@ -15,11 +17,21 @@ RADIAL_NORMS = ("l1", "l2", "linf")
 DC_UPDATES = ("count_weighted", "token_mean")
 DC_EMPTY_FILLS = ("global_mean", "zeros")
 SCORE_SOURCES = ("attention", "logits")
+LOW_FREQUENCY_MERGES = ("dc_window", "nearest")
+MERGE_FEATURES = ("keys", "hidden_states")
 REDUCTION_FIELDS = (
     "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
     "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
-    "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source",
+    "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
+    "merge_features", "proportional_attention",
 )
+# The best frequency-aware model without training (docs/training_free.md): config overrides for `from_pretrained`.
+# It leaves the token budget (reduction_layers, keep_rate, dc_window_sizes) alone, so the MACs are the paper's.
+TRAINING_FREE_FREQ = {
+    "low_frequency_merge": "nearest",
+    "merge_features": "hidden_states",
+    "proportional_attention": True,
+}
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
@@ -57,6 +69,16 @@ class FreqViTConfig(ViTConfig):
     dc_empty_fill (`str`, defaults to `"global_mean"`):
         Value of a DC window that received no token: `"global_mean"` (mean of all low-frequency content) or
         `"zeros"`. Either way every image has the same number of tokens.
+    low_frequency_merge (`str`, defaults to `"dc_window"`):
+        Where `"freq"` puts a low-frequency token: `"dc_window"` (the paper: into its window's DC token) or
+        `"nearest"` (into the most similar of the kept tokens and its window's DC centre, as a size-weighted mean;
+        a kept token then stands for several patches). The token counts are the same either way.
+    merge_features (`str`, defaults to `"hidden_states"`):
+        The features `"nearest"` compares by cosine similarity: the block's `"hidden_states"` or its head-averaged
+        `"keys"` (ToMe's choice).
+    proportional_attention (`bool`, defaults to `False`):
+        For `"freq"`: every kept and DC token weighs, as an attention key, as many patches as it stands for (a
+        `log size` bias on the attention logits, ToMe's proportional attention). Not for flash or flex attention.
     tome_r (`int`, *optional*):
         ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
         `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
@@ -85,6 +107,9 @@ class FreqViTConfig(ViTConfig):
     sinkhorn_iterations: int = 3
     dynamicvit_ratio_weight: float | int = 2.0
     score_source: str = "attention"
+    low_frequency_merge: str = "dc_window"
+    merge_features: str = "hidden_states"
+    proportional_attention: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -113,6 +138,8 @@ class FreqViTConfig(ViTConfig):
         _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)
         _check_choice("radial_norm", self.radial_norm, RADIAL_NORMS)
         _check_choice("score_source", self.score_source, SCORE_SOURCES)
+        _check_choice("low_frequency_merge", self.low_frequency_merge, LOW_FREQUENCY_MERGES)
+        _check_choice("merge_features", self.merge_features, MERGE_FEATURES)
         for name in ("image_size", "patch_size"):
             sizes = pair(getattr(self, name))
             if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
@@ -157,6 +184,14 @@ class FreqViTConfig(ViTConfig):
         """Every value the model's reduction is built from: a model compares it with the one it was built with."""
         fields = (*REDUCTION_FIELDS, "num_hidden_layers", "hidden_size", "num_attention_heads", "image_size", "patch_size")
         return tuple(getattr(self, name) for name in fields)
+
+    @property
+    def weights_attention_keys(self) -> bool:
+        """Whether the reduction biases attention keys (ToMe's sizes, ATS's padding, DynamicViT's training mask,
+        `freq` with `proportional_attention`): only eager and sdpa attention take such a bias."""
+        return self.reduction_method in KEY_WEIGHT_METHODS or (
+            self.reduction_method == "freq" and self.proportional_attention
+        )
 
     @property
     def keep_rates(self) -> tuple[float, ...]:

@@ -11,9 +11,11 @@ from torch import nn
 
 from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from .reduction_frequency import (
+    absorb_into_kept_tokens,
     high_frequency_logit_scores,
     high_frequency_scores,
     merge_into_dc_tokens,
+    nearest_destinations,
     split_by_score,
     window_index,
     window_transfer,
@@ -64,16 +66,30 @@ def _merge_target(tokens: TokenState, length: int, assignment: torch.LongTensor,
 
 class FrequencyReducer(TokenReducer):
     """Frequency-aware: keep the high-frequency candidates, average the rest into `w × w` DC tokens. DC tokens
-    persist: those of the previous stage fold into the window holding their centre."""
+    persist: those of the previous stage fold into the window holding their centre.
+
+    With `low_frequency_merge="nearest"` a low-frequency token joins the most similar of the kept tokens and its
+    window's DC centre instead, and with `proportional_attention` every token weighs as many attention keys as the
+    patches it stands for (see docs/training_free.md)."""
 
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
         self.count_weighted = config.dc_update == "count_weighted"
         self.fill_global_mean = config.dc_empty_fill == "global_mean"
         self.needs_attention_probs = config.score_source == "attention"
+        self.merge_nearest = config.low_frequency_merge == "nearest"
+        self.merge_on_keys = config.merge_features == "keys"
+        self.proportional_attention = config.proportional_attention
         num_windows = self.stage.window_size**2
         self.dc_position_embeddings = (
             nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
+        )
+
+    def dc_means(self, low, low_windows, low_sizes, old_dc, tokens, old_dc_windows):
+        """The DC tokens of `low` (B, l, C) and `old_dc` (B, d, C), and their patch counts (B, W)."""
+        return merge_into_dc_tokens(
+            low, low_windows, self.stage.window_size**2, old_dc, tokens.merged_sizes, old_dc_windows,
+            count_weighted=self.count_weighted, fill_global_mean=self.fill_global_mean, low_sizes=low_sizes,
         )
 
     def forward(self, hidden_states, maps, tokens):
@@ -93,16 +109,30 @@ class FrequencyReducer(TokenReducer):
             old_dc_windows = window_transfer(
                 tokens.grid, self.previous_stage.window_size, window_size, hidden_states.device
             )
-        dc_tokens, dc_sizes = merge_into_dc_tokens(
-            gather_tokens(candidates, low_idx),
-            low_windows,
-            window_size**2,
-            old_dc,
-            tokens.merged_sizes,
-            old_dc_windows,
-            count_weighted=self.count_weighted,
-            fill_global_mean=self.fill_global_mean,
-        )
+        low = gather_tokens(candidates, low_idx)
+        candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
+        low_sizes, kept_sizes = candidate_sizes.gather(1, low_idx), None
+        if self.merge_nearest:
+            if tokens.patch_to_token is not None:
+                raise ValueError(
+                    "output_token_provenance: low_frequency_merge='nearest' merges patches into kept tokens, which "
+                    "TokenProvenance cannot record; trace patches with low_frequency_merge='dc_window'"
+                )
+            # compare in feature space with the DC token the paper's rule would make for the window
+            features = (maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states)[:, 1:]
+            centres, _ = self.dc_means(
+                gather_tokens(features, low_idx), low_windows, low_sizes,
+                features[:, num_candidates:] if tokens.num_merged else None, tokens, old_dc_windows,
+            )
+            destinations = nearest_destinations(
+                gather_tokens(features, low_idx), gather_tokens(features, keep_idx), centres, low_windows
+            )
+            kept, kept_sizes = absorb_into_kept_tokens(
+                gather_tokens(candidates, keep_idx), candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
+            )
+            hidden_states = hidden_states.scatter(1, 1 + keep_idx[..., None].expand_as(kept), kept)
+            low_sizes = torch.where(destinations >= 0, 0.0, low_sizes)  # those joined no longer reach the DC
+        dc_tokens, dc_sizes = self.dc_means(low, low_windows, low_sizes, old_dc, tokens, old_dc_windows)
         if self.dc_position_embeddings is not None:
             dc_tokens = dc_tokens + self.dc_position_embeddings
         merge_target = None
@@ -111,7 +141,14 @@ class FrequencyReducer(TokenReducer):
             merge_target.scatter_(1, 1 + low_idx, low_windows)
             if tokens.num_merged:
                 merge_target[:, 1 + num_candidates :] = old_dc_windows
-        return tokens.reduce(self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target)
+        key_weights = None
+        if self.proportional_attention:
+            sizes = kept_sizes if kept_sizes is not None else candidate_sizes.gather(1, keep_idx)
+            key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes, dc_sizes], dim=1)
+        return tokens.reduce(
+            self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target,
+            key_weights=key_weights, kept_sizes=kept_sizes,
+        )
 
 
 class TopKReducer(TokenReducer):

@@ -5,7 +5,7 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original p
 
 import torch
 
-from .token_state import grid_constant, group_means
+from .token_state import gather_tokens, grid_constant, group_means
 
 
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
@@ -78,19 +78,22 @@ def merge_into_dc_tokens(
     old_dc_windows: torch.Tensor | None = None,
     count_weighted: bool = True,
     fill_global_mean: bool = True,
+    low_sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average each window's low-frequency tokens (and the DC tokens folded into it) into one DC token.
 
-    low_tokens: (B, l, C) and their windows (B, l). old_dc_tokens: (B, d, C), the number of original patches each
-    stands for (B, d), and the new window each goes into (d,). With `count_weighted` an old DC token weighs as many
-    patches as it stands for, otherwise as one token. A window that receives nothing gets the global mean of all it
-    was given (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts
-    (B, num_windows).
+    low_tokens: (B, l, C) and their windows (B, l); low_sizes (B, l): the original patches each stands for (None:
+    one each; 0 leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
+    (B, d), and the new window each goes into (d,). With `count_weighted` a token weighs as many patches as it
+    stands for, otherwise as one token. A window that receives nothing gets the global mean of all it was given
+    (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts (B, num_windows).
     """
     batch = low_tokens.shape[0]
     tokens, windows = low_tokens, low_windows
-    sizes = torch.ones(low_windows.shape, dtype=torch.float32, device=low_tokens.device)
-    weights = sizes
+    if low_sizes is None:
+        low_sizes = torch.ones(low_windows.shape, dtype=torch.float32, device=low_tokens.device)
+    sizes = low_sizes.float()
+    weights = sizes if count_weighted else (sizes > 0).float()
     if old_dc_tokens is not None:
         tokens = torch.cat([low_tokens, old_dc_tokens], dim=1)
         windows = torch.cat([low_windows, old_dc_windows.expand(batch, -1)], dim=1)
@@ -106,3 +109,50 @@ def merge_into_dc_tokens(
         fill = torch.zeros_like(dc_tokens[:, :1])
     dc_tokens = torch.where(totals[..., None] > 0, dc_tokens, fill)
     return dc_tokens.to(low_tokens.dtype), dc_sizes
+
+
+def nearest_destinations(
+    low_features: torch.Tensor,
+    kept_features: torch.Tensor,
+    centre_features: torch.Tensor,
+    low_windows: torch.Tensor,
+) -> torch.LongTensor:
+    """Where each low-frequency token goes: the most similar (cosine, in fp32) of the kept tokens and its own
+    window's DC centre. A token that is no closer to any kept token than to its window's low-frequency mean is
+    low-frequency content and stays with the DC token; one that duplicates a kept token joins it.
+
+    low_features (B, l, c), kept_features (B, k, c), centre_features (B, W, c) the windows' DC centres, low_windows
+    (B, l). Returns (B, l): the index of the kept token it joins, or -1 for its window's DC token.
+    """
+    low = torch.nn.functional.normalize(low_features.float(), dim=-1)
+    kept = torch.nn.functional.normalize(kept_features.float(), dim=-1)
+    centres = torch.nn.functional.normalize(centre_features.float(), dim=-1)
+    best_kept, nearest_kept = (low @ kept.transpose(1, 2)).max(dim=-1)
+    own_centre = gather_tokens(centres, low_windows)
+    to_centre = (low * own_centre).sum(-1)
+    return torch.where(best_kept > to_centre, nearest_kept, -1)
+
+
+def absorb_into_kept_tokens(
+    kept_tokens: torch.Tensor,
+    kept_sizes: torch.Tensor,
+    low_tokens: torch.Tensor,
+    low_sizes: torch.Tensor,
+    destinations: torch.LongTensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each kept token becomes the size-weighted mean of itself and the low-frequency tokens that join it
+    (`destinations` from `nearest_destinations`; -1: not joining any kept token).
+
+    kept_tokens (B, k, C) with their patch counts (B, k); low_tokens (B, l, C), low_sizes (B, l). Returns the kept
+    tokens (B, k, C) and their new patch counts (B, k).
+    """
+    num_kept = kept_tokens.shape[1]
+    joins = destinations >= 0
+    groups = torch.cat(
+        [torch.arange(num_kept, device=kept_tokens.device).expand(kept_tokens.shape[0], -1),
+         torch.where(joins, destinations, num_kept)],  # a spare group takes the DC-bound tokens
+        dim=1,
+    )
+    weights = torch.cat([kept_sizes.float(), torch.where(joins, low_sizes.float(), 0.0)], dim=1)
+    means, totals = group_means(torch.cat([kept_tokens, low_tokens], dim=1), groups, weights, num_kept + 1)
+    return means[:, :num_kept].to(kept_tokens.dtype), totals[:, :num_kept]

@@ -1,0 +1,144 @@
+"""The training-free frequency-aware options (`TRAINING_FREE_FREQ`): the merge math, the token budget, the attention
+key weights, validation, fine-tunability, and on real weights, that the preset keeps closer to the unreduced model."""
+
+import pytest
+import torch
+
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf.configuration_freqvit import REDUCTION_FIELDS
+from freqtr_hf.reducers import FrequencyReducer
+from freqtr_hf.reduction_frequency import absorb_into_kept_tokens, merge_into_dc_tokens, nearest_destinations
+
+from conftest import tiny_config
+
+
+def test_nearest_destinations_join_a_duplicate_and_leave_background_to_the_dc():
+    kept = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    centres = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]])
+    low = torch.tensor([[[0.0, 2.0, 0.1], [0.1, 0.0, 3.0], [0.0, 0.1, 1.0]]])
+    # token 0 is a (scaled) copy of kept token 1; token 1 is its window centre; token 2 is closer to its centre (window
+    # 1) than to either kept token
+    destinations = nearest_destinations(low, kept, centres, torch.tensor([[0, 0, 1]]))
+    assert destinations.tolist() == [[1, -1, -1]]
+
+
+def test_absorb_into_kept_tokens_is_a_size_weighted_mean():
+    kept = torch.tensor([[[0.0], [10.0]]])
+    low = torch.tensor([[[4.0], [7.0], [100.0]]])
+    tokens, sizes = absorb_into_kept_tokens(
+        kept, torch.tensor([[1.0, 2.0]]), low, torch.tensor([[3.0, 1.0, 5.0]]), torch.tensor([[0, 1, -1]])
+    )
+    assert tokens.flatten().tolist() == pytest.approx([(0 + 3 * 4) / 4, (2 * 10 + 7) / 3])
+    assert sizes.tolist() == [[4.0, 3.0]]  # the DC-bound token (-1) joins no kept token
+
+
+def test_dc_tokens_weigh_low_tokens_by_size_and_leave_out_size_zero():
+    low = torch.tensor([[[1.0], [5.0], [9.0]]])
+    dc, sizes = merge_into_dc_tokens(low, torch.tensor([[0, 0, 0]]), 1, low_sizes=torch.tensor([[3.0, 1.0, 0.0]]))
+    assert dc.item() == pytest.approx((3 * 1 + 5) / 4)
+    assert sizes.tolist() == [[4.0]]
+    token_mean, _ = merge_into_dc_tokens(
+        low, torch.tensor([[0, 0, 0]]), 1, low_sizes=torch.tensor([[3.0, 1.0, 0.0]]), count_weighted=False
+    )
+    assert token_mean.item() == pytest.approx((1 + 5) / 2)
+
+
+def test_preset_keeps_the_budget_and_the_default_stays_the_paper():
+    assert not {"reduction_layers", "keep_rate", "dc_window_sizes", "reduction_method", "tome_r"} & set(TRAINING_FREE_FREQ)
+    assert set(TRAINING_FREE_FREQ) <= set(REDUCTION_FIELDS)
+    default = FreqViTConfig()
+    assert (default.low_frequency_merge, default.proportional_attention) == ("dc_window", False)
+    assert not default.weights_attention_keys
+    preset = tiny_config(**TRAINING_FREE_FREQ)
+    assert preset.weights_attention_keys
+    assert count_macs(preset) == count_macs(tiny_config())
+    pixels = torch.randn(2, 3, 64, 64)
+    lengths = [
+        FreqViTForImageClassification(config).eval()(pixels, output_hidden_states=True).hidden_states[-1].shape
+        for config in (preset, tiny_config())
+    ]
+    assert lengths[0] == lengths[1]
+
+
+@pytest.mark.parametrize(
+    "field, value", [("low_frequency_merge", "similarity"), ("merge_features", "queries")]
+)
+def test_bad_values_name_their_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def stage_states(model, pixels):
+    """The TokenState after each reduction stage."""
+    states = []
+    hooks = [m.register_forward_hook(lambda module, args, output: states.append(output[1]))
+             for m in model.modules() if isinstance(m, FrequencyReducer)]
+    model(pixels)
+    for hook in hooks:
+        hook.remove()
+    return states
+
+
+@pytest.mark.parametrize("features", ["hidden_states", "keys"])
+def test_every_patch_is_counted_once_and_weighs_its_size(features):
+    model = FreqViTForImageClassification(tiny_config(**{**TRAINING_FREE_FREQ, "merge_features": features})).eval()
+    states = stage_states(model, torch.randn(3, 3, 64, 64))
+    assert len(states) == 2
+    for state in states:
+        sizes = state.token_sizes()
+        assert torch.equal(sizes.sum(1), torch.full((3,), 1.0 + 64))  # CLS + the 8x8 patches
+        assert torch.equal(state.key_weights, sizes)  # proportional attention: CLS 1, every token its patch count
+    assert (states[-1].candidate_sizes > 1).any()  # some low-frequency token joined a kept token
+
+
+def test_each_option_alone_runs_and_batches_like_single_images():
+    pixels = torch.randn(3, 3, 64, 64)
+    for overrides in ({"proportional_attention": True}, {"low_frequency_merge": "nearest"}, TRAINING_FREE_FREQ):
+        model = FreqViTForImageClassification(tiny_config(**overrides)).eval()
+        batch = model(pixels).logits
+        alone = torch.cat([model(pixels[i : i + 1]).logits for i in range(3)])
+        torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_nearest_merge_refuses_provenance_with_a_clear_error():
+    model = FreqViTForImageClassification(tiny_config(**TRAINING_FREE_FREQ)).eval()
+    with pytest.raises(ValueError, match="output_token_provenance"):
+        model(torch.randn(1, 3, 64, 64), output_token_provenance=True)
+
+
+def test_preset_is_fine_tunable_and_survives_save_and_load(tmp_path):
+    model = FreqViTForImageClassification(tiny_config(**TRAINING_FREE_FREQ))
+    model.train()
+    model(torch.randn(2, 3, 64, 64), labels=torch.tensor([1, 2])).loss.backward()
+    reduction_parameters = [p for name, p in model.named_parameters() if name.endswith(("_gain", "dc_position_embeddings"))]
+    assert reduction_parameters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in reduction_parameters)
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = FreqViTForImageClassification.from_pretrained(tmp_path).eval()
+    assert all(getattr(loaded.config, key) == value for key, value in TRAINING_FREE_FREQ.items())
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits)
+
+
+def test_preset_stays_closer_to_the_unreduced_deit_tiny(deit_tiny, imagenette_val):
+    """48 real images at keep 0.5: the preset's predictions are closer (KL) to the unreduced model's than the paper's
+    off-the-shelf model's (on the full sets: docs/training_free.md)."""
+    from transformers import AutoImageProcessor
+
+    from freqtr_hf.images import read_image
+
+    files = sorted(imagenette_val.rglob("*.JPEG"))[::80][:48]
+    processor = AutoImageProcessor.from_pretrained(deit_tiny)
+    pixels = processor([read_image(path) for path in files], return_tensors="pt")["pixel_values"]
+    models = {
+        name: FreqViTForImageClassification.from_pretrained(deit_tiny, keep_rate=0.5, **overrides).eval()
+        for name, overrides in (("none", {"reduction_method": "none"}), ("paper", {}), ("preset", TRAINING_FREE_FREQ))
+    }
+    with torch.inference_mode():
+        logits = {name: model(pixels).logits.log_softmax(-1) for name, model in models.items()}
+    divergence = {
+        name: torch.nn.functional.kl_div(logits[name], logits["none"], log_target=True, reduction="batchmean").item()
+        for name in ("paper", "preset")
+    }
+    assert divergence["preset"] < 0.8 * divergence["paper"], divergence
