@@ -7,6 +7,7 @@ The commands import torch and transformers only once their arguments are parsed;
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 # The library's names, repeated so that parsing needs no import of torch: `tests/test_cli.py` checks they match
 # `freqtr_hf.configuration_freqvit`.
@@ -23,6 +24,15 @@ DEFAULT_DATA_CONFIG = "320px"  # that dataset's configurations are full_size, 32
 
 DESCRIPTION = """Frequency-aware token reduction for Vision Transformers (Lee et al., NeurIPS 2025) and its
 baselines, on Hugging Face ViT/DeiT checkpoints. Offline, pass local folders to --model and --data."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:
@@ -78,7 +88,7 @@ def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = HelpFormatter
     parser = argparse.ArgumentParser(prog="freqtr-hf", description=DESCRIPTION, formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return getattr(commands, f"run_{args.command}")(args)
     except KeyboardInterrupt:
-        resume = f"; run the same command again to resume from {args.state_file}" if getattr(args, "state_file", None) else ""
+        state = getattr(args, "state_file", None)
+        resume = f"; run the same command again to resume from {state}" if state and Path(state).exists() else ""
         print(f"\nfreqtr-hf: interrupted{resume}", file=sys.stderr)
         return 130
 

@@ -28,11 +28,31 @@ def reduction_overrides(args: argparse.Namespace) -> dict:
     return fields
 
 
+def check_local_paths(args: argparse.Namespace) -> None:
+    """Name a flag whose local path is missing, before anything mistakes it for a Hub id."""
+    model = Path(args.model)
+    if _looks_local(args.model) and not model.exists():
+        raise ValueError(f"--model: no folder {args.model}")
+    if model.is_dir() and not (model / "config.json").exists():
+        raise ValueError(f"--model: {args.model} has no config.json, so it is not a checkpoint folder")
+    if getattr(args, "synsets", None) and not Path(args.synsets).is_file():
+        raise ValueError(f"--synsets: no file {args.synsets}")
+    for data in args.data if isinstance(args.data, list) else [args.data]:
+        if data and _looks_local(data) and not Path(data).exists():
+            raise ValueError(f"--data: no folder {data}")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`owner/name`): absolute, relative with ./ or ../, or under the home folder."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report the errors a user can cause in one line that names the problem, and exit with status 2."""
 
     def guarded(args: argparse.Namespace) -> int:
         try:
+            check_local_paths(args)
             return run(args)
         except SafetensorError as error:
             return _fail(f"{args.model}: its weights file cannot be read ({error}); download or export it again")

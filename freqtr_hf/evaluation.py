@@ -73,7 +73,8 @@ def load_images(
         if not files:
             raise ValueError(f"data: no images under {data}")
         # explicit data_files: file names such as ILSVRC2012_val_* would otherwise make `datasets` split them off
-        dataset = datasets.load_dataset("imagefolder", data_files={"eval": files}, split="eval")
+        # explicit labels: with a single class folder `datasets` would drop them
+        dataset = datasets.load_dataset("imagefolder", data_files={"eval": files}, split="eval", drop_labels=False)
         if len(dataset) != len(files):
             raise RuntimeError(f"data: {len(files)} images found under {data} but {len(dataset)} loaded")
         return dataset.cast_column("image", datasets.Image(decode=False))
@@ -208,7 +209,9 @@ def compare_methods(
     state = EvaluationState.start(fingerprint, methods)
     if state_file and Path(state_file).exists() and not restart:
         state = EvaluationState.load(state_file, fingerprint, methods, len(dataset))
-        if state.done:
+        if state.done == len(dataset):
+            print(f"{state_file} holds this run, finished: its results again", file=sys.stderr)
+        elif state.done:
             print(f"resuming from {state_file}: {state.done} of {len(dataset)} images done", file=sys.stderr)
     reference_model = next(iter(models.values()))
     dtype, device = reference_model.dtype, reference_model.device
@@ -351,7 +354,8 @@ def run_evaluation(
     label_of = label_mapping(label_names, models["none"].config.id2label, synsets)
     fingerprint = run_fingerprint(
         model, models["none"].config, dataset, data, methods=list(models), keep_rate=keep_rate,
-        overrides=overrides or {}, dtype=str(dtype), device=torch.device(device).type, every=every, split=split,
+        overrides=overrides or {}, dtype=str(dtype), device=torch.device(device).type, batch_size=batch_size,
+        every=every, split=split,
         dataset_config=dataset_config, synsets=synsets,
     )
     return compare_methods(

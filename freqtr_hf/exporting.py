@@ -50,7 +50,7 @@ def export_model(
     Raises `ValueError` naming the problem: a non-empty `output` (unless `overwrite`), an unknown reduction field,
     a bad value, a method whose learned parameters this checkpoint lacks."""
     output = Path(output)
-    check_output_folder(output, overwrite, flag="overwrite=True (--overwrite)")
+    check_output_folder(output, overwrite, flag="--overwrite")
     unknown = sorted(set(reduction) - set(REDUCTION_FIELDS))
     if unknown:
         raise ValueError(f"reduction: unknown field(s) {unknown}; the fields are {list(REDUCTION_FIELDS)}")

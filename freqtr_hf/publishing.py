@@ -187,7 +187,7 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
     rows = []
     for key, label in RESULT_ROWS.items():
         result = results.get(key)
-        if key != "unreduced" and result is None:
+        if key == "after" and result is None:  # not fine-tuned; the reduced model's cost is always shown
             continue
         result = result or {}
         rows.append(
