@@ -44,7 +44,8 @@ def test_dc_tokens_weigh_low_tokens_by_size_and_leave_out_size_zero():
 
 
 def test_preset_keeps_the_budget_and_the_default_stays_the_paper():
-    assert not {"reduction_layers", "keep_rate", "dc_window_sizes", "reduction_method", "tome_r"} & set(TRAINING_FREE_FREQ)
+    budget = {"reduction_layers", "keep_rate", "dc_window_sizes", "reduction_method", "tome_r"}
+    assert not budget & set(TRAINING_FREE_FREQ)
     assert set(TRAINING_FREE_FREQ) <= set(REDUCTION_FIELDS)
     default = FreqViTConfig()
     assert (default.low_frequency_merge, default.proportional_attention) == ("dc_window", False)
@@ -110,7 +111,9 @@ def test_preset_is_fine_tunable_and_survives_save_and_load(tmp_path):
     model = FreqViTForImageClassification(tiny_config(**TRAINING_FREE_FREQ))
     model.train()
     model(torch.randn(2, 3, 64, 64), labels=torch.tensor([1, 2])).loss.backward()
-    reduction_parameters = [p for name, p in model.named_parameters() if name.endswith(("_gain", "dc_position_embeddings"))]
+    reduction_parameters = [
+        p for name, p in model.named_parameters() if name.endswith(("_gain", "dc_position_embeddings"))
+    ]
     assert reduction_parameters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in reduction_parameters)
     model.eval()
     model.save_pretrained(tmp_path)
