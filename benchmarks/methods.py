@@ -12,6 +12,7 @@ closest to the per-stage methods' at that keep rate (none at 0.25, below its ⌊
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(row["data"] for row in rows))
+    root = os.path.commonpath(datasets) if len(datasets) > 1 else str(Path(datasets[0]).parent)
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for axis, data in zip(axes[0], datasets):
         subset = [row for row in rows if row["data"] == data]
@@ -52,7 +54,7 @@ def plot(rows: list[dict], path: str) -> None:
             axis.plot(*zip(*points), "o-", label=line, linewidth=2.5 if line.startswith("freq") else 1.2)
         axis.axhline(100 * (unreduced["top1"] if unreduced["top1"] is not None else 1.0), color="grey", ls="--",
                      label=f"unreduced ({unreduced['gmacs']:.2f} GMACs)")
-        axis.set_title(f"{Path(data).name} ({unreduced['images']} images)")
+        axis.set_title(f"{os.path.relpath(data, root)} ({unreduced['images']} images)")
         axis.set_xlabel("GMACs per image")
         axis.set_ylabel("top-1 %" if unreduced["top1"] is not None else "agreement with unreduced %")
         axis.grid(alpha=0.3)
