@@ -171,6 +171,11 @@ class FreqViTConfig(ViTConfig):
             raise ValueError(f"dc_window_sizes: every window size must be >= 1, got {list(self.dc_window_sizes)}")
         if list(layers) != sorted(set(layers)):
             raise ValueError(f"reduction_layers: must be strictly increasing, got {list(layers)}")
+        grid = patch_grid(self.image_size, self.patch_size)
+        if grid[0] * grid[1] == 0:
+            raise ValueError(
+                f"image_size: a {self.image_size} image holds no whole {self.patch_size} patch (patch_size)"
+            )
         if self.reduction_method == "none" or self.tome_r is not None:
             return  # the schedule is unused: a plain ViT of any depth keeps the default fields
         if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
