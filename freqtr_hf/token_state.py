@@ -13,15 +13,21 @@ import torch
 
 def grid_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Cache a tensor that depends only on its (hashable) arguments, such as a patch grid's window map: computed
-    once per grid and device, not in every forward. Built outside inference mode, so training can use it too."""
+    once per grid and device, not in every forward. Built outside inference mode, so training can use it too.
+    Under `torch.compile` the function is traced as it is (the compiler folds the constant)."""
 
     @lru_cache(maxsize=64)
-    @wraps(function)
     def cached(*args, **kwargs) -> torch.Tensor:
         with torch.inference_mode(False), torch.no_grad():
             return function(*args, **kwargs)
 
-    return cached
+    @wraps(function)
+    def constant(*args, **kwargs) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        return cached(*args, **kwargs)
+
+    return constant
 
 
 @dataclass
