@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import write_images, write_tiny_vit
 from freqtr_hf import FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
-from test_loading import EXPORT_CHECK
+from test_loading import remote_code_difference
 from test_training import RecordingHubApi
 
 TINY_REDUCTION = {"reduction_method": "freq", "keep_rate": 0.5, "reduction_layers": [1, 2], "dc_window_sizes": [2, 1]}
@@ -143,16 +143,8 @@ def test_the_card_takes_the_base_models_license_unless_one_is_given(tiny_base, t
 def test_real_deit_tiny_exports_and_loads_with_remote_code(deit_tiny, tmp_path):
     folder = export_model(str(deit_tiny), str(tmp_path / "freqvit-deit-tiny"), {"keep_rate": 0.7})
     pixels = torch.randn(2, 3, 224, 224)
-    torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
         reference = FreqViTForImageClassification.from_pretrained(deit_tiny, keep_rate=0.7).eval()
-        torch.save(reference(pixels).logits, tmp_path / "logits.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "logits.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.strip().splitlines()[-1]) == 0.0
+        assert remote_code_difference(folder, pixels, reference(pixels).logits, tmp_path) == 0.0
     card = ModelCard.load(folder / "README.md")
     assert "deit-tiny-patch16-224" in card.text and absolute_paths(card.content) == []

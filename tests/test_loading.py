@@ -113,6 +113,20 @@ print((logits - torch.load(sys.argv[3])).abs().max().item())
 """
 
 
+def remote_code_difference(folder: Path, pixels: torch.Tensor, logits: torch.Tensor, workdir: Path) -> float:
+    """Load `folder` with `trust_remote_code` in a fresh process where `freqtr_hf` cannot be imported (EXPORT_CHECK)
+    and return the largest difference of its logits on `pixels` from `logits`."""
+    torch.save(pixels, workdir / "pixels.pt")
+    torch.save(logits, workdir / "logits.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(workdir / "pixels.pt"), str(workdir / "logits.pt")],
+        capture_output=True, text=True, cwd=workdir,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(workdir / "hf")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("method", ["freq", "tome", "sinkhorn"])
 def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method):
     model = FreqViTForImageClassification(tiny_config(reduction_method=method)).eval()
@@ -134,18 +148,8 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     assert auto_map["AutoConfig"] == "configuration_freqvit.FreqViTConfig"
 
     pixels = torch.randn(2, 3, 64, 64)
-    torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
-        torch.save(model(pixels).logits, tmp_path / "logits.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "logits.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.strip().splitlines()[-1]) == 0.0
+        assert remote_code_difference(folder, pixels, model(pixels).logits, tmp_path) == 0.0
 
 
 def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):

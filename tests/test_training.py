@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 from conftest import tiny_config, write_images, write_tiny_vit
-from test_loading import EXPORT_CHECK
+from test_loading import remote_code_difference
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
@@ -230,16 +230,9 @@ def test_the_folder_to_publish_loads_in_a_fresh_process_and_is_uploaded(tiny_run
     from freqtr_hf import FreqViTForImageClassification
 
     pixels = torch.randn(2, 3, 64, 64)
-    torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
-        torch.save(FreqViTForImageClassification.from_pretrained(folder).eval()(pixels).logits, tmp_path / "logits.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "logits.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.strip().splitlines()[-1]) == 0.0
+        logits = FreqViTForImageClassification.from_pretrained(folder).eval()(pixels).logits
+    assert remote_code_difference(folder, pixels, logits, tmp_path) == 0.0
 
     api = RecordingHubApi()
     url = publish_to_hub(folder, "user/freqvit-tiny", api=api)
