@@ -27,7 +27,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
 from .reducers import TOKEN_REDUCERS, DPCKNNReducer
-from .token_schedule import KEY_WEIGHT_METHODS, check_stages
+from .token_schedule import check_stages
 from .token_state import AttentionMaps, TokenProvenance, TokenState
 
 
@@ -77,6 +77,8 @@ class FreqViTAttention(ViTAttention):
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return True
         gains = [g for g in (self.high_pass_gain, self.dc_gain) if g is not None]
+        if any(g.is_inference() for g in gains):  # built in inference mode: no version counter, check every call
+            return any(bool(g.any()) for g in gains)
         version = tuple((g.data_ptr(), g._version) for g in gains)
         if getattr(self, "_gain_version", None) != version:
             self._gain_version, self._gains_nonzero = version, any(bool(g.any()) for g in gains)
@@ -283,7 +285,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
                 "they say; build a new model from the changed config"
             )
         method = self.config.reduction_method
-        if method in KEY_WEIGHT_METHODS and self.config._attn_implementation not in ("eager", "sdpa"):
+        if self.config.weights_attention_keys and self.config._attn_implementation not in ("eager", "sdpa"):
             raise ValueError(
                 f"attn_implementation: {method!r} weights attention keys (an additive bias), which only 'eager' and "
                 f"'sdpa' take; got {self.config._attn_implementation!r}"

@@ -212,3 +212,17 @@ def test_bad_images_raise_clear_errors(pixels, kwargs, message):
     model = FreqViTForImageClassification(tiny_config(keep_rate=0.2)).eval()
     with pytest.raises(ValueError, match=message):
         model(pixels, **kwargs)
+
+
+def test_a_model_built_in_inference_mode_runs():
+    with torch.inference_mode():
+        model = FreqViTForImageClassification(tiny_config()).eval()
+        assert torch.isfinite(model(torch.randn(1, 3, 64, 64)).logits).all()
+
+
+@pytest.mark.parametrize("overrides", [dict(reduction_method="tome"), dict(proportional_attention=True)])
+def test_key_weighting_methods_refuse_kernels_without_an_additive_bias(overrides):
+    model = FreqViTForImageClassification(tiny_config(**overrides)).eval()
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        model(torch.randn(1, 3, 64, 64))

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
 from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images, read_synsets
 from freqtr_hf.fingerprint import file_digest, mismatch, model_digest
@@ -54,6 +54,7 @@ JOB_SETTINGS = (
     "per_device_train_batch_size", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
     "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
     "distill_only", "seed", "eval_steps", "reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes",
+    "preset",
 )
 INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
 
@@ -107,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0-based blocks that reduce")
     parser.add_argument("--dc_window_sizes", type=int, nargs="+", default=[2, 1, 1],
                         help="per reduction layer, w: w x w DC windows (freq)")
+    parser.add_argument("--preset", choices=["paper", "training_free"], default="paper",
+                        help="freq's options: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model "
+                        "without training: nearest merge, proportional attention)")
     args = parser.parse_args(argv)
     if not (args.dataset_name or args.train_dir):
         parser.error("give --dataset_name or --train_dir")
@@ -114,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
+    if args.preset != "paper" and args.reduction_method != "freq":
+        parser.error(f"--preset {args.preset} sets options of freq; got --reduction_method {args.reduction_method}")
     if args.validation_every < 1:
         parser.error(f"--validation_every must be >= 1, got {args.validation_every}")
     return args
@@ -244,6 +250,7 @@ def build_student(args, label_names: list[str]):
         keep_rate=args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate),
         reduction_layers=tuple(args.reduction_layers),
         dc_window_sizes=tuple(args.dc_window_sizes),
+        **(TRAINING_FREE_FREQ if args.preset == "training_free" else {}),
     )
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path)
     label_of = label_mapping(label_names, pretrained.id2label, args.synsets) if label_names else []
