@@ -24,6 +24,17 @@ from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
 
 
+def add_shared_data_arguments(parser: argparse.ArgumentParser, keep_rates: list[float]) -> None:
+    """The checkpoint, the two shared data sets (every 4th Imagenette val image, the whole Imagewoof sample), the
+    synset list and the keep rates: the flags every accuracy benchmark shares."""
+    parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
+    parser.add_argument("--data", nargs="+",
+                        default=["../shared/assets/imagenette/val", "../shared/assets/imagewoof_train_sample"])
+    parser.add_argument("--every", type=int, nargs="+", default=[4, 1], help="one per data set")
+    parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
+    parser.add_argument("--keep-rates", type=float, nargs="+", default=keep_rates)
+
+
 def matched_tome_r(model: str, keep_rate: float) -> int | None:
     """The per-layer ToMe r whose MACs are closest to the per-stage `freq` schedule at `keep_rate`, if it is within 3%."""
     config = FreqViTConfig.from_pretrained(model)
@@ -67,12 +78,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
-    parser.add_argument("--data", nargs="+",
-                        default=["../shared/assets/imagenette/val", "../shared/assets/imagewoof_train_sample"])
-    parser.add_argument("--every", type=int, nargs="+", default=[4, 1], help="one per data set")
-    parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
-    parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5, 0.25])
+    add_shared_data_arguments(parser, keep_rates=[0.9, 0.7, 0.5, 0.25])
     parser.add_argument("--methods", nargs="+", default=list(TRAINING_FREE_METHODS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoImageProcessor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from methods import matched_tome_r  # noqa: E402
+from methods import add_shared_data_arguments, matched_tome_r  # noqa: E402
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images  # noqa: E402
@@ -83,12 +83,7 @@ def format_grid(rows: list[dict], keep_rates: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
-    parser.add_argument("--data", nargs="+",
-                        default=["../shared/assets/imagenette/val", "../shared/assets/imagewoof_train_sample"])
-    parser.add_argument("--every", type=int, nargs="+", default=[4, 1], help="one per data set")
-    parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
-    parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5])
+    add_shared_data_arguments(parser, keep_rates=[0.9, 0.7, 0.5])
     parser.add_argument("--table", nargs="+", choices=["ablation", "comparison"], default=["ablation", "comparison"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", help="write all rows as JSON here")
