@@ -65,9 +65,12 @@ def load_images(
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every: must be a whole number >= 1 (use every N-th image), got {every!r}")
     path = Path(data)
-    if path.is_dir() and (path / "dataset_info.json").exists():
+    if path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
         dataset = datasets.load_from_disk(data)
-        dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"data: {data} has no split {split!r} (its splits: {', '.join(dataset)})")
+            dataset = dataset[split]
     elif path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[::every]
         if not files:

@@ -5,6 +5,7 @@ The model plumbing is method-agnostic: a block that reduces calls its `token_red
 hidden states, the attention maps and the `TokenState`; the reduction math lives in the `reduction_*` modules.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ def selected_hidden_states(output_hidden_states: bool | int | list[int] | None, 
     return {index % count for index in indices if -count <= index < count}
 
 
+# the parameters the reduction adds to a ViT (names matched with re.search): not in a ViT checkpoint
+REDUCTION_PARAMETER_NAMES = (r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.")
 AUTO_MAP = {
     "AutoConfig": "configuration_freqvit.FreqViTConfig",
     "AutoModel": "modeling_freqvit.FreqViTModel",
@@ -217,7 +220,15 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
         r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
     ]
     # and a FreqViT checkpoint loaded with another method (or unreduced) leaves its reduction parameters unused
-    _keys_to_ignore_on_load_unexpected = [r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\."]
+    _keys_to_ignore_on_load_unexpected = list(REDUCTION_PARAMETER_NAMES)
+
+    def reduction_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the token reduction adds to ViT, by name: freq's ω1 (`high_pass_gain`), ω2 (`dc_gain`)
+        and DC position embeddings, and the learned reducers' own weights. What calibration trains."""
+        return {
+            name: parameter for name, parameter in self.named_parameters()
+            if any(re.search(pattern, name) for pattern in REDUCTION_PARAMETER_NAMES)
+        }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, with an `auto_map` for every Auto class a FreqViT serves, so the folder

@@ -56,6 +56,15 @@ def test_evaluate_prints_a_table_and_json(deit_tiny, imagenette_val, tmp_path, c
     assert results["none"]["gmacs"] == pytest.approx(1.254, abs=0.001)
 
 
+def test_a_saved_dataset_dict_is_read_by_split(tmp_path):
+    write_images(tmp_path / "images", ["a", "b"], 2)
+    split = load_images(str(tmp_path / "images")).train_test_split(test_size=2, seed=0)
+    split.save_to_disk(str(tmp_path / "saved"))
+    assert len(load_images(str(tmp_path / "saved"), split="test")) == 2
+    with pytest.raises(ValueError, match=r"has no split 'validation' \(its splits: train, test\)"):
+        load_images(str(tmp_path / "saved"))
+
+
 def test_an_interrupted_evaluation_resumes(deit_tiny, imagenette_val, tmp_path):
     dataset = load_images(str(imagenette_val), every=400)
     processor = AutoImageProcessor.from_pretrained(deit_tiny)

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import finetune  # noqa: E402
 import trainer_example  # noqa: E402
+from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.publishing import publish_to_hub  # noqa: E402
 
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
@@ -204,6 +205,46 @@ def test_distill_only_and_dynamicvit_train(tiny_run, tmp_path):
     results = finetune.main(run_args(tiny_run, tmp_path / "dyn", "--max_train_steps", "2",
                                      "--reduction_method", "dynamicvit"))
     assert results["history"]["loss"][0] > 0
+
+
+def test_calibration_trains_only_the_reduction_parameters(tiny_run, tmp_path):
+    results = finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "3", "--calibrate",
+                                     "--max_train_samples", "6"))
+    settings = dict(reduction_method="freq", keep_rate=0.7, reduction_layers=(1, 2), dc_window_sizes=(2, 1))
+    base = FreqViTForImageClassification.from_pretrained(tiny_run / "model", **settings)
+    calibrated = FreqViTForImageClassification.from_pretrained(tmp_path / "model")
+    reduction = base.reduction_parameters()
+    assert results["trained_parameters"] == sum(p.numel() for p in reduction.values()) > 0
+    assert results["config"]["learning_rate"] == 1e-2  # the calibration default
+    assert results["config"]["distill_only"]  # no labels needed
+    after = calibrated.state_dict()
+    for name, weight in base.state_dict().items():
+        if name in reduction:
+            assert not torch.equal(after[name], weight), f"{name} was not trained"
+        else:
+            torch.testing.assert_close(after[name], weight, atol=0, rtol=0, msg=name)
+    assert "only the reduction's own parameters were trained" in (tmp_path / "model" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("flags, learning_rate, ema_decay", [
+    ([], 1e-4, 0.9998), (["--calibrate"], 1e-2, 0.0), (["--calibrate", "--learning_rate", "0.1"], 0.1, 0.0),
+])
+def test_calibration_has_its_own_defaults(flags, learning_rate, ema_decay):
+    args = finetune.parse_args(["--train_dir", "data", "--output_dir", "out", *flags])
+    assert (args.learning_rate, args.ema_decay) == (learning_rate, ema_decay)
+
+
+def test_calibrating_a_method_without_parameters_is_refused(tiny_run, tmp_path):
+    with pytest.raises(SystemExit, match="--calibrate: topk with these settings has no parameters of its own"):
+        finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "1", "--calibrate", "--reduction_method", "topk"))
+
+
+def test_max_train_samples_draws_from_every_class(tiny_run, tmp_path):
+    # the folder's first 8 images are all "class 0": a random draw of 8 is not
+    subset = finetune.load_split(finetune.parse_args(run_args(tiny_run, tmp_path, "--max_train_samples", "8")), train=True)
+    assert len(subset) == 8 and set(subset["label"]) == {0, 1}
+    with pytest.raises(SystemExit, match="--max_train_samples must be >= 1, got 0"):
+        finetune.parse_args(run_args(tiny_run, tmp_path / "other", "--max_train_samples", "0"))
 
 
 class RecordingHubApi:

@@ -6,6 +6,8 @@
 The command line follows transformers' `run_image_classification_no_trainer.py`, plus the reduction settings. The
 recipe of the paper is the default: AdamW lr 1e-4, weight decay 2e-5, cosine schedule without warm-up, EMA 0.9998,
 loss CE + 0.5·KL(T=1) to the frozen unreduced teacher (`--distill_only`: KL alone, no labels needed).
+`--calibrate` trains only the reduction's own parameters (freq: ω1, ω2, the DC position embeddings; about a thousand
+numbers for DeiT-Tiny) by KL alone, on a few hundred unlabeled images: the ViT's weights stay as they were.
 Multi-GPU, multi-node, DeepSpeed and FSDP come from `accelerate config`, as for any Accelerate script.
 
 Interrupted anywhere, the same command with `--resume_from_checkpoint latest` continues from the last checkpoint and
@@ -54,8 +56,11 @@ JOB_SETTINGS = (
     "per_device_train_batch_size", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
     "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
     "distill_only", "seed", "eval_steps", "reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes",
-    "preset",
+    "preset", "calibrate",
 )
+# --calibrate trains a thousand zero-initialised numbers in a few hundred steps: a larger rate and no EMA
+CALIBRATION_DEFAULTS = {"learning_rate": 1e-2, "ema_decay": 0.0}
+FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
 INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
 
 
@@ -71,23 +76,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_split", default="train", help="split of --dataset_name to train on")
     parser.add_argument("--validation_split", default="validation", help="split of --dataset_name to evaluate on")
     parser.add_argument("--validation_every", type=int, default=1, help="evaluate on every N-th validation image")
-    parser.add_argument("--max_train_samples", type=int, help="train on the first N images only")
+    parser.add_argument("--max_train_samples", type=int,
+                        help="train on N images only, drawn at random (--seed) from the training data")
     parser.add_argument("--synsets", help="class list mapping folder names (wnids) to the pretrained head's classes")
     parser.add_argument("--output_dir", required=True, help="checkpoints, model/, results.json, learning_curve.png")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start afresh in a non-empty --output_dir, removing the previous run's checkpoints and outputs")
     parser.add_argument("--per_device_train_batch_size", type=int, default=64, help="images per step and process")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="images per evaluation batch")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--learning_rate", type=float,
+                        help="AdamW learning rate (default: 1e-4, or 1e-2 with --calibrate)")
     parser.add_argument("--weight_decay", type=float, default=2e-5, help="AdamW weight decay")
     parser.add_argument("--num_train_epochs", type=int, default=30, help="epochs, unless --max_train_steps is given")
     parser.add_argument("--max_train_steps", type=int, help="optimizer steps in all; overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--lr_scheduler_type", default="cosine", help="a transformers scheduler name")
     parser.add_argument("--num_warmup_steps", type=int, default=0, help="learning-rate warm-up steps")
-    parser.add_argument("--ema_decay", type=float, default=0.9998, help="EMA of the weights; 0 disables it")
+    parser.add_argument("--ema_decay", type=float,
+                        help="EMA of the weights; 0 disables it (default: 0.9998, or 0 with --calibrate)")
     parser.add_argument("--distill_weight", type=float, default=0.5, help="weight of the KL term next to CE")
     parser.add_argument("--distill_only", action="store_true", help="loss: KL to the teacher alone, no labels")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="train only the reduction's own parameters (freq: ω1, ω2, DC position embeddings), by KL "
+                        "to the teacher alone (implies --distill_only); the ViT's weights stay unchanged")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler, the augmentation and new weights")
     parser.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
     parser.add_argument("--resume_from_checkpoint",
@@ -122,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--preset {args.preset} sets options of freq; got --reduction_method {args.reduction_method}")
     if args.validation_every < 1:
         parser.error(f"--validation_every must be >= 1, got {args.validation_every}")
+    if args.max_train_samples is not None and args.max_train_samples < 1:
+        parser.error(f"--max_train_samples must be >= 1, got {args.max_train_samples}")
+    for name, value in (CALIBRATION_DEFAULTS if args.calibrate else FINE_TUNING_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.distill_only = args.distill_only or args.calibrate
     return args
 
 
@@ -226,12 +243,17 @@ def model_input_size(processor) -> tuple[int, int]:
 
 
 def load_split(args, train: bool) -> datasets.Dataset | None:
-    """The training or validation images, undecoded (`read_image` decodes them in the collate function)."""
+    """The training or validation images, undecoded (`read_image` decodes them in the collate function); with
+    --max_train_samples a random subset of the training images, drawn as transformers' example scripts draw it."""
     every = 1 if train else args.validation_every
     if args.dataset_name:
-        return load_images(args.dataset_name, args.train_split if train else args.validation_split, every)
-    folder = args.train_dir if train else args.validation_dir
-    return load_images(folder, every=every) if folder else None
+        data = load_images(args.dataset_name, args.train_split if train else args.validation_split, every)
+    else:
+        folder = args.train_dir if train else args.validation_dir
+        data = load_images(folder, every=every) if folder else None
+    if train and args.max_train_samples:
+        data = data.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(data))))
+    return data
 
 
 def class_names(label_names: list[str], synsets: str | None) -> list[str]:
@@ -271,6 +293,24 @@ def build_student(args, label_names: list[str]):
         teacher = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, reduction_method="none")
         teacher.requires_grad_(False).eval()
     return student, teacher, label_of
+
+
+def trained_parameters(student, args) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: every weight, or with --calibrate only the reduction's own parameters (the rest
+    frozen, so the backward pass stops at the first of them)."""
+    if not args.calibrate:
+        return list(student.parameters())
+    calibrated = student.reduction_parameters()
+    if not calibrated:
+        raise SystemExit(
+            f"--calibrate: {args.reduction_method} with these settings has no parameters of its own to calibrate "
+            "(freq has ω1, ω2 and DC position embeddings unless attention_reweighting and dc_position_embedding "
+            "are off; topk, evit, tome, kmedoids, ats and radial have none)"
+        )
+    student.requires_grad_(False)
+    for parameter in calibrated.values():
+        parameter.requires_grad_(True)
+    return list(calibrated.values())
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -429,8 +469,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     with loading(args.model_name_or_path, args.dataset_name or args.train_dir):
         train_data = load_split(args, train=True)
-        if args.max_train_samples:
-            train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
         eval_data = load_split(args, train=False)
         label_names = train_data.features["label"].names if "label" in train_data.features else []
         if not label_names and not args.distill_only:
@@ -438,7 +476,9 @@ def main(argv: list[str] | None = None) -> dict:
         student, teacher, label_of = build_student(args, label_names)
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     if teacher is None and args.distill_only:
-        raise SystemExit("--distill_only needs the pretrained head: the class folders are not its classes")
+        flag = "--calibrate" if args.calibrate else "--distill_only"
+        raise SystemExit(f"{flag} needs the pretrained head: the class folders are not its classes")
+    trained = trained_parameters(student, args)
     input_size = model_input_size(processor)
 
     # the job's identity, checked against the checkpoint's and the output folder's before any training
@@ -470,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
@@ -553,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress.close()
 
     final_model = ema.module if ema is not None else accelerator.unwrap_model(student)
-    results = {"steps": step, "config": run_config}
+    results = {"steps": step, "trained_parameters": sum(p.numel() for p in trained), "config": run_config}
     if eval_loader is not None:
         after = evaluate_top1(final_model, eval_loader, accelerator, reference=teacher)
         history["eval_step"].append(step)
@@ -594,8 +634,10 @@ def training_summary(args, steps: int, accelerator: Accelerator) -> str:
     data = public_name(args.dataset_name or args.train_dir, parts=2)
     loss = "KL to the unreduced teacher alone" if args.distill_only else (
         f"cross-entropy + {args.distill_weight}·KL to the unreduced teacher")
+    calibration = ("Calibration: only the reduction's own parameters were trained; the ViT's weights are the base "
+                   "model's. " if args.calibrate else "")
     return (
-        f"{steps} steps on `{data}`, {args.per_device_train_batch_size} images per step and process × "
+        f"{calibration}{steps} steps on `{data}`, {args.per_device_train_batch_size} images per step and process × "
         f"{args.gradient_accumulation_steps} accumulation × {accelerator.num_processes} process(es); AdamW, learning "
         f"rate {args.learning_rate}, weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule with "
         f"{args.num_warmup_steps} warm-up steps; loss: {loss}; augmentation: random resized crop and flip. "
