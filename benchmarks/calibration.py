@@ -64,6 +64,7 @@ def train(args, start: str, mode: str, domain: str, data: Path) -> Path:
             "--keep_rate", str(args.keep_rate), "--max_train_steps", str(args.steps),
             "--per_device_train_batch_size", str(args.batch_size), "--seed", str(args.seed),
             "--mixed_precision", "no", "--checkpointing_steps", "20", "--resume_from_checkpoint", "latest",
+            "--validation_every", "10",  # finetune's own check; the table below evaluates on every image
             *MODES[mode],
         ]
         print("$", " ".join(command), flush=True)

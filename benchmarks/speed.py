@@ -5,8 +5,9 @@
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
 median over rounds of the ratio within a round (ViT's time / the model's time), so each ratio pairs timings taken
-seconds apart on a noisy machine; it is also given as a share of the MAC ratio. On CUDA, peak memory per model is
-printed too. `--compile` adds `torch.compile` (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and
+seconds apart on a noisy machine; it is also given as a share of the MAC ratio. `free-cut` is ViT cut to `freq`'s
+token counts by slicing, a reduction that costs nothing: its share is the ceiling that the smaller matmuls set for
+any method at this batch size. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile` (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and
 the default FreqViT. `--training-memory` measures the activations a training step keeps for backward (batch 64),
 with and without reduction. Attention runs on sdpa.
 """
@@ -20,6 +21,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.devices import describe, resolve_device, resolve_dtype
+from freqtr_hf.token_schedule import patch_grid, sequence_lengths
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 # name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
@@ -35,6 +37,28 @@ VARIANTS = {
     "ats": dict(reduction_method="ats"),
     "radial": dict(reduction_method="radial"),
 }
+# not a method: ViT cut to freq's token counts by slicing, see `FreeReduction`
+FREE_REDUCTION = "free-cut"
+
+
+class FreeReduction(torch.nn.Module):
+    """ViT whose blocks run at a reduction schedule's token counts, the sequence cut by slicing after each reducing
+    block's attention: a reduction that costs nothing (and computes nothing meaningful). Its speed-up is what the
+    smaller matmuls alone give, the most any method with these token counts can reach at this batch size."""
+
+    def __init__(self, vit: ViTForImageClassification, config: FreqViTConfig):
+        super().__init__()
+        self.vit = vit
+        grid = patch_grid(config.image_size, config.patch_size)
+        stages = config.reduction_stages
+        self.lengths = [mlp for _, mlp in sequence_lengths(config.reduction_method, config.num_hidden_layers, stages, grid)]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.vit.vit.embeddings(pixel_values)
+        for layer, length in zip(self.vit.vit.layers, self.lengths):
+            attended = (layer.attention(layer.layernorm_before(hidden_states))[0] + hidden_states)[:, :length]
+            hidden_states = layer.mlp(layer.layernorm_after(attended)) + attended
+        return self.vit.classifier(self.vit.vit.layernorm(hidden_states)[:, 0])
 
 
 def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
@@ -44,6 +68,10 @@ def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tup
     vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
     models = {"vit": (vit, count_macs(vit.config))}
     for name in variants:
+        if name == FREE_REDUCTION:
+            config = FreqViTConfig(**shape, reduction_method="freq")
+            models[name] = (FreeReduction(vit, config), count_macs(config))
+            continue
         config = FreqViTConfig(**shape, **VARIANTS[name], attn_implementation="sdpa")
         model = FreqViTForImageClassification(config).eval()
         model.load_state_dict(vit.state_dict(), strict=False)
@@ -133,7 +161,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--methods", nargs="+", default=[*VARIANTS, FREE_REDUCTION], choices=[*VARIANTS, FREE_REDUCTION],
+                        help=f"{FREE_REDUCTION}: ViT cut to freq's token counts by slicing, a reduction that costs nothing")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     args = parser.parse_args()

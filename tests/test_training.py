@@ -215,7 +215,7 @@ def test_calibration_trains_only_the_reduction_parameters(tiny_run, tmp_path):
     calibrated = FreqViTForImageClassification.from_pretrained(tmp_path / "model")
     reduction = base.reduction_parameters()
     assert results["trained_parameters"] == sum(p.numel() for p in reduction.values()) > 0
-    assert results["config"]["learning_rate"] == 1e-2  # the calibration default
+    assert results["config"]["learning_rate"] == 3e-2  # the calibration default
     assert results["config"]["distill_only"]  # no labels needed
     after = calibrated.state_dict()
     for name, weight in base.state_dict().items():
@@ -227,7 +227,7 @@ def test_calibration_trains_only_the_reduction_parameters(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("flags, learning_rate, ema_decay", [
-    ([], 1e-4, 0.9998), (["--calibrate"], 1e-2, 0.0), (["--calibrate", "--learning_rate", "0.1"], 0.1, 0.0),
+    ([], 1e-4, 0.9998), (["--calibrate"], 3e-2, 0.0), (["--calibrate", "--learning_rate", "0.1"], 0.1, 0.0),
 ])
 def test_calibration_has_its_own_defaults(flags, learning_rate, ema_decay):
     args = finetune.parse_args(["--train_dir", "data", "--output_dir", "out", *flags])

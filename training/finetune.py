@@ -59,7 +59,7 @@ JOB_SETTINGS = (
     "preset", "calibrate",
 )
 # --calibrate trains a thousand zero-initialised numbers in a few hundred steps: a larger rate and no EMA
-CALIBRATION_DEFAULTS = {"learning_rate": 1e-2, "ema_decay": 0.0}
+CALIBRATION_DEFAULTS = {"learning_rate": 3e-2, "ema_decay": 0.0}
 FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
 INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
 
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per_device_train_batch_size", type=int, default=64, help="images per step and process")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="images per evaluation batch")
     parser.add_argument("--learning_rate", type=float,
-                        help="AdamW learning rate (default: 1e-4, or 1e-2 with --calibrate)")
+                        help="AdamW learning rate (default: 1e-4, or 3e-2 with --calibrate)")
     parser.add_argument("--weight_decay", type=float, default=2e-5, help="AdamW weight decay")
     parser.add_argument("--num_train_epochs", type=int, default=30, help="epochs, unless --max_train_steps is given")
     parser.add_argument("--max_train_steps", type=int, help="optimizer steps in all; overrides --num_train_epochs")
