@@ -11,7 +11,7 @@ import torch
 
 from .reduction_frequency import high_frequency_scores
 from .reduction_pruning import cls_attention_scores, top_k_in_order
-from .token_state import TokenProvenance, TokenState
+from .token_state import TokenProvenance, TokenState, gather_tokens
 
 
 def restore_patch_grid(tokens: torch.Tensor, patch_to_token: torch.LongTensor | None) -> torch.Tensor:
@@ -25,7 +25,7 @@ def restore_patch_grid(tokens: torch.Tensor, patch_to_token: torch.LongTensor | 
     if patch_to_token is None:
         return tokens[:, 1:]
     carried = (patch_to_token >= 0)[..., None]
-    grid_tokens = tokens.gather(1, patch_to_token.clamp_min(0)[..., None].expand(-1, -1, tokens.shape[-1]))
+    grid_tokens = gather_tokens(tokens, patch_to_token.clamp_min(0))
     fill = (grid_tokens * carried).sum(1, keepdim=True) / carried.sum(1, keepdim=True).clamp_min(1)
     return torch.where(carried, grid_tokens, fill)
 

@@ -292,7 +292,7 @@ class KMedoidsReducer(TokenReducer):
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
         token_sizes = tokens.token_sizes()[:, 1:]
         sizes = torch.zeros_like(token_sizes).scatter_add_(1, assignment, token_sizes)[:, :num_clusters]
-        merged = tokens_in.gather(1, medoids[..., None].expand(-1, -1, tokens_in.shape[-1]))
+        merged = gather_tokens(tokens_in, medoids)
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 

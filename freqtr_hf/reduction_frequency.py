@@ -101,7 +101,7 @@ def merge_into_dc_tokens(
         weights = torch.cat([sizes, old_weights], dim=1)
         sizes = torch.cat([sizes, old_dc_sizes], dim=1)
     dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
-    dc_sizes = sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
+    dc_sizes = totals if count_weighted else sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
     if fill_global_mean:
         # the schedule check guarantees low-frequency content; the clamp keeps an empty one finite all the same
         fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True).clamp_min(1e-12))[:, None, :]

