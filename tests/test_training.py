@@ -85,15 +85,16 @@ def test_finetune_writes_results_model_card_and_curve(tiny_run, tmp_path):
     assert str(tiny_run) not in card.content and str(tmp_path) not in card.content
 
 
-def test_resume_continues_exactly(tiny_run, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--calibrate"]], ids=["fine-tuning", "calibration"])
+def test_resume_continues_exactly(tiny_run, tmp_path, mode):
     # 16 images, batch 4: 4 steps an epoch, so the run crosses an epoch boundary after the resume point
     uninterrupted = tmp_path / "uninterrupted"
-    finetune.main(run_args(tiny_run, uninterrupted, "--max_train_steps", "6", "--checkpointing_steps", "2"))
+    finetune.main(run_args(tiny_run, uninterrupted, "--max_train_steps", "6", "--checkpointing_steps", "2", *mode))
     assert [p.name for p in finetune.checkpoints(uninterrupted)] == ["step_2", "step_4", "step_6"]
     # the interrupted run: its state at step 2 is the checkpoint; a fresh process resumes from it
     resumed = tmp_path / "resumed"
     finetune.main(run_args(tiny_run, resumed, "--max_train_steps", "6",
-                           "--resume_from_checkpoint", str(uninterrupted / "step_2")))
+                           "--resume_from_checkpoint", str(uninterrupted / "step_2"), *mode))
     assert_same_weights(uninterrupted / "model" / "model.safetensors", resumed / "model" / "model.safetensors")
     history = json.loads((resumed / "results.json").read_text())["history"]
     assert history["step"] == [1, 2, 3, 4, 5, 6]
@@ -147,12 +148,13 @@ def test_overwrite_output_dir_starts_afresh_and_removes_the_old_checkpoints(tiny
     ("--keep_rate", "0.5", "keep_rate"),
     ("--reduction_method", "topk", "reduction_method"),
     ("--learning_rate", "0.001", "learning_rate"),
+    ("--calibrate", None, "calibrate"),
 ])
 def test_resuming_with_other_settings_is_refused_naming_the_field(tiny_run, tmp_path, flag, value, field):
     args = run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2")
     finetune.main(args)
     with pytest.raises(SystemExit, match=f"cannot resume from .*step_2: it is another job: {field} differs"):
-        finetune.main([*args, flag, value, "--resume_from_checkpoint", "latest"])
+        finetune.main([*args, flag, *([value] if value else []), "--resume_from_checkpoint", "latest"])
 
 
 def test_resuming_with_another_model_is_refused(tiny_run, tmp_path):
