@@ -64,10 +64,15 @@ FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
 INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None (an option that is unset, or whose default its help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224",
                         help="Hub id or folder of a ViT/DeiT/FreqViT checkpoint")
     parser.add_argument("--dataset_name", help="a Hub dataset id (or a folder saved with save_to_disk)")
