@@ -236,6 +236,19 @@ def test_calibration_has_its_own_defaults(flags, learning_rate, ema_decay):
     assert (args.learning_rate, args.ema_decay) == (learning_rate, ema_decay)
 
 
+def test_calibration_takes_a_folder_of_any_images(tiny_run, tmp_path):
+    # no class of the pretrained head: distillation reads no labels, so the head stays and nothing is refused
+    write_images(tmp_path / "photos", ["holiday"], 6, seed=3)
+    args = ["--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(tmp_path / "photos"),
+            "--validation_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "out"),
+            "--per_device_train_batch_size", "3", "--reduction_layers", "1", "2", "--dc_window_sizes", "2", "1",
+            "--max_train_steps", "2", "--calibrate"]
+    results = finetune.main(args)
+    assert FreqViTForImageClassification.from_pretrained(tmp_path / "out" / "model").config.num_labels == 10
+    assert results["after"]["num_labelled"] == 0 and "top1" not in results["after"]
+    assert 0 <= results["after"]["agreement"] <= 1 and results["after"]["images_per_second"] > 0
+
+
 def test_calibrating_a_method_without_parameters_is_refused(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match="--calibrate: topk with these settings has no parameters of its own"):
         finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "1", "--calibrate", "--reduction_method", "topk"))

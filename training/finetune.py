@@ -270,8 +270,8 @@ def class_names(label_names: list[str], synsets: str | None) -> list[str]:
 
 def build_student(args, label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
-    pretrained head keep the head (and its labels); otherwise a new head is made, with readable class names, and
-    distillation is off."""
+    pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
+    any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
     reduction = dict(
         reduction_method=args.reduction_method,
         keep_rate=args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate),
@@ -281,7 +281,7 @@ def build_student(args, label_names: list[str]):
     )
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path)
     label_of = label_mapping(label_names, pretrained.id2label, args.synsets) if label_names else []
-    keep_head = bool(label_names) and all(index >= 0 for index in label_of)
+    keep_head = args.distill_only or (bool(label_names) and all(index >= 0 for index in label_of))
     head = {}
     if label_names and not keep_head:
         label_of = list(range(len(label_names)))
@@ -344,18 +344,19 @@ def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
     """Top-1 (against known labels) and images/s on the evaluation loader; agreement with `reference` if given."""
     metric = evaluate.load(METRIC_SCRIPT)
     model.eval()
-    seconds = 0.0
+    seconds, images = 0.0, 0
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
         start = time.perf_counter()
         logits = model(batch["pixel_values"]).logits
         seconds += time.perf_counter() - start
+        images += len(logits)
         reference_predictions = reference(batch["pixel_values"]).logits.argmax(-1) if reference else logits.argmax(-1)
         predictions, labels, reference_predictions = accelerator.gather_for_metrics(
             (logits.argmax(-1), batch["labels"], reference_predictions)
         )
         metric.add_batch(predictions=predictions, references=labels, reference_predictions=reference_predictions)
     result = metric.compute()
-    result["images_per_second"] = result["num_labelled"] / seconds if seconds else 0.0
+    result["images_per_second"] = images / seconds if seconds else 0.0  # this process's images and time
     return result
 
 
@@ -480,9 +481,6 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("the training data has no labels: pass --distill_only to train by distillation alone")
         student, teacher, label_of = build_student(args, label_names)
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    if teacher is None and args.distill_only:
-        flag = "--calibrate" if args.calibrate else "--distill_only"
-        raise SystemExit(f"{flag} needs the pretrained head: the class folders are not its classes")
     trained = trained_parameters(student, args)
     input_size = model_input_size(processor)
 
