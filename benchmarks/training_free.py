@@ -4,7 +4,7 @@ that led to `freqtr_hf.TRAINING_FREE_FREQ`: top-1 and agreement with the unreduc
     python benchmarks/training_free.py [--table ablation comparison] [--keep-rates 0.9 0.7 0.5]
         [--model ../shared/assets/deit-tiny-patch16-224]
         [--data ../shared/assets/imagenette/val ../shared/assets/imagewoof_train_sample] [--every 4 1]
-        [--output benchmarks/training_free.json]
+        [--state-dir runs/training_free] [--restart] [--output benchmarks/training_free.json]
 
 Every model of a data set (all keep rates, all rows) runs on each batch in turn, beside one unreduced reference.
 The ablation switches each option of `TRAINING_FREE_FREQ` on alone, then all together; the comparison puts the
@@ -12,6 +12,13 @@ preset beside `topk`, `evit`, `tome` per stage and per layer (`tome_r` at the r 
 `benchmarks/methods.py`), `kmedoids`, `ats` and the paper's `freq`. A table cell reads `top-1 / agreement` (%); the
 best of a column is starred (what the goal asks of the preset); a column's header gives the range of its rows' GMACs
 (`freq` carries its w² DC tokens and EViT its fused token: up to 1.5% above Top-K's).
+
+Below the comparison, the preset against the best other method of each column, image by image: on how many images
+only one of the two is right (agrees), and the two-sided exact McNemar p-value of that split (a binomial test of
+the discordant images), so a gap of a few images is not read as a difference.
+
+Progress is saved after every batch in `--state-dir` (one file per data set, named after its path); an interrupted run resumes there, and
+a state of another run (other rows, weights or images) is refused by name.
 """
 
 import argparse
@@ -26,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from methods import add_shared_data_arguments, matched_tome_r  # noqa: E402
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images  # noqa: E402
+from freqtr_hf.fingerprint import value_digest  # noqa: E402
+from freqtr_hf.evaluation import (  # noqa: E402
+    EvaluationState, build_models, compare_methods, label_mapping, load_images, run_fingerprint,
+)
 
 
 # each option of the preset alone, then together; one more row: the preset with the paper's attention-free score
@@ -81,37 +91,89 @@ def format_grid(rows: list[dict], keep_rates: list[float]) -> str:
     return "\n".join(lines)
 
 
+def paired_test(first: list[bool], second: list[bool]) -> tuple[int, int, float]:
+    """Images where only the first is right, where only the second is, and the two-sided exact McNemar p-value of
+    that split (1.0 when the two never differ)."""
+    from scipy.stats import binomtest
+
+    only_first = sum(a and not b for a, b in zip(first, second))
+    only_second = sum(b and not a for a, b in zip(first, second))
+    if only_first + only_second == 0:
+        return 0, 0, 1.0
+    return only_first, only_second, binomtest(only_first, only_first + only_second).pvalue
+
+
+def preset_against_best(rows: list[dict], state: EvaluationState, keep_rates: list[float]) -> str:
+    """For every keep rate and measure (top-1, agreement), the preset against the best other comparison row, image by
+    image (see `paired_test`)."""
+    reference = state.predictions["none"]
+    lines = []
+    for keep in keep_rates:
+        column = [row for row in rows if row["table"] == "comparison" and row["keep_rate"] == keep]
+        preset = next(row for row in column if row["row"] == "TRAINING_FREE_FREQ")
+        for key, truth, name in (("top1", state.labels, "top-1"), ("agreement", reference, "agreement")):
+            best = max((row for row in column if row is not preset), key=lambda row: row[key])
+            right = {r["row"]: [p == t for p, t in zip(state.predictions[r["key"]], truth)] for r in (preset, best)}
+            only_preset, only_best, p_value = paired_test(right[preset["row"]], right[best["row"]])
+            lines.append(
+                f"keep {keep} {name}: preset {100 * preset[key]:.1f} vs {best['row']} {100 * best[key]:.1f}; "
+                f"only the preset right on {only_preset} images, only {best['row']} on {only_best}: "
+                f"McNemar p = {p_value:.2f}"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shared_data_arguments(parser, keep_rates=[0.9, 0.7, 0.5])
     parser.add_argument("--table", nargs="+", choices=["ablation", "comparison"], default=["ablation", "comparison"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--state-dir", default="runs/training_free", help="progress, one file per data set")
+    parser.add_argument("--restart", action="store_true", help="ignore saved progress and start afresh")
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
     if len(args.every) != len(args.data):
         parser.error("--every: give one value per --data")
 
     processor = AutoImageProcessor.from_pretrained(args.model)
+    Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     rows = []
     for data, every in zip(args.data, args.every):
         dataset = load_images(data, every=every)
         models = {"none": build_models(args.model, [], 1.0)["none"]}
         for table in args.table:
             for keep_rate in args.keep_rates:
-                models |= {(table, name, keep_rate): model
+                models |= {f"{table}|{name}|{keep_rate}": model
                            for name, model in table_models(args.model, table, keep_rate).items()}
         labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
-        results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size)
-        data_rows = [
-            {"data": data, "images": len(dataset), "table": key[0], "row": key[1], "keep_rate": key[2],
-             "top1": result.top1, "agreement": result.agreement, "gmacs": result.gmacs}
-            for key, result in zip(models, results) if key != "none"
-        ]
+        fingerprint = run_fingerprint(
+            args.model, models["none"].config, dataset, data, every=every, synsets=args.synsets,
+            batch_size=args.batch_size, rows=value_digest({key: model.config.to_diff_dict() for key, model in models.items()}),
+        )
+        slug = "".join(c if c.isalnum() else "_" for c in str(Path(data).resolve()).strip("/"))
+        state_file = str(Path(args.state_dir) / f"{slug}.json")
+        try:
+            results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size,
+                                         state_file=state_file, fingerprint=fingerprint, restart=args.restart)
+        except ValueError as error:  # a state of another run, or a damaged one: named, with what to do
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+        data_rows = []
+        for key, result in zip(models, results):
+            if key == "none":
+                continue
+            table, row, keep_rate = key.split("|")
+            data_rows.append({"data": data, "images": len(dataset), "table": table, "row": row, "key": key,
+                              "keep_rate": float(keep_rate), "top1": result.top1, "agreement": result.agreement,
+                              "gmacs": result.gmacs})
         unreduced = results[0]
         for table in args.table:
             print(f"\n{table}: {data}, {len(dataset)} images; unreduced top-1 {100 * unreduced.top1:.1f} "
                   f"({unreduced.gmacs:.2f} GMACs); cells: top-1 / agreement with unreduced (%)")
             print(format_grid([row for row in data_rows if row["table"] == table], args.keep_rates), flush=True)
+        if "comparison" in args.table:
+            state = EvaluationState.load(state_file, fingerprint, list(models), len(dataset))
+            print(f"\nthe preset against the best other method, image by image ({data}):")
+            print(preset_against_best(data_rows, state, args.keep_rates), flush=True)
         rows += data_rows
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=2))

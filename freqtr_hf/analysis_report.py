@@ -8,7 +8,6 @@ re-run reuses every cache whose fingerprint matches and recomputes the others; a
 batch after its last checkpoint. All pending jobs of a data set share each decoded, preprocessed batch.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from .analysis_figures import write_figures, write_markdown
 from .configuration_freqvit import REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
 from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images
-from .fingerprint import mismatch, model_digest
+from .fingerprint import mismatch, model_digest, value_digest
 from .frequency_analysis import (
     NOISE_SETS,
     add_token_noise,
@@ -57,7 +56,7 @@ from .token_state import TokenProvenance
 
 
 # bump when the statistics a job computes change, so that old caches are recomputed
-STATS_VERSION = 2
+STATS_VERSION = 3
 MAP_METRICS = ("pearson", "spearman", "js_divergence", "histogram_intersection")
 
 
@@ -140,10 +139,6 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
 
 
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _write_atomically(path: Path, write) -> None:
     """`write(temporary_path)`, then rename, so an interruption never leaves a half-written file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -202,8 +197,10 @@ class JobCache:
         """The stored provenance of every image as `TokenProvenance` records, one per stage."""
         if not self.stages:
             return ()
-        patch_to_token = torch.from_numpy(self.arrays()["provenance"].astype(np.int64))
-        return tuple(TokenProvenance(layer, patch_to_token[:, i], num_kept)
+        arrays = self.arrays()
+        patch_to_token = torch.from_numpy(arrays["provenance"].astype(np.int64))
+        kept = torch.from_numpy(arrays["kept"])
+        return tuple(TokenProvenance(layer, patch_to_token[:, i], num_kept, kept[:, i])
                      for i, (layer, num_kept) in enumerate(self.stages))
 
 
@@ -248,6 +245,7 @@ def model_statistics(
     }
     if provenance:
         stats["provenance"] = torch.stack([stage.patch_to_token for stage in provenance], dim=1).short()
+        stats["kept"] = torch.stack([stage.kept for stage in provenance], dim=1)
     if is_freq:
         previous, overlap = None, []
         for stage in provenance:
@@ -708,12 +706,12 @@ def run_analysis(
         label_names = dataset.features["label"].names if "label" in dataset.features else []
         label_of = label_mapping(label_names, config.id2label, synsets)
         base = {"version": STATS_VERSION, "model": checkpoint, "data": data_fingerprint(dataset), "images": len(dataset),
-                "every": step, "batch_size": batch_size, "labels": _digest(label_of)}
+                "every": step, "batch_size": batch_size, "labels": value_digest(label_of)}
         caches[name] = {}
         for job in jobs:
             settings = (options.noise_settings(noise_layers) if job.noise
                         else {k: v for k, v in models[job.label].config.to_dict().items() if k != "transformers_version"})
-            fingerprint = {**base, "job": job.label, "settings": _digest(settings)}
+            fingerprint = {**base, "job": job.label, "settings": value_digest(settings)}
             caches[name][job.label] = JobCache(output_dir / "cache" / _slug(name), job, fingerprint)
         reused = sum(cache.complete for cache in caches[name].values())
         print(f"{name}: {len(dataset)} images, {reused}/{len(jobs)} models cached")

@@ -5,6 +5,7 @@ fields that differ, for the error a resume gives.
 """
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,12 @@ def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file's content (hex)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def value_digest(value) -> str:
+    """A short SHA-256 of a JSON value (keys sorted, other types by `str`): a fingerprint field for settings too
+    large to compare field by field."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def files_digest(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:

@@ -135,7 +135,7 @@ def evit_kept_patches(
     chosen = torch.zeros(attention_probs.shape[0], attention_probs.shape[-1], dtype=torch.bool,
                          device=attention_probs.device)
     chosen.scatter_(1, 1 + top_k_in_order(scores, stage.num_kept), True)
-    is_candidate = (candidate_of_patch >= 1) & (candidate_of_patch <= num_candidates)
+    is_candidate = previous.kept if previous is not None else True  # a patch that joined a kept token is not one
     return is_candidate & chosen.gather(1, candidate_of_patch.clamp_min(0))
 
 

@@ -112,12 +112,8 @@ class FrequencyReducer(TokenReducer):
         low = gather_tokens(candidates, low_idx)
         candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
         low_sizes, kept_sizes = candidate_sizes.gather(1, low_idx), None
+        destinations = None
         if self.merge_nearest:
-            if tokens.patch_to_token is not None:
-                raise ValueError(
-                    "output_token_provenance: low_frequency_merge='nearest' merges patches into kept tokens, which "
-                    "TokenProvenance cannot record; trace patches with low_frequency_merge='dc_window'"
-                )
             # compare in feature space with the DC token the paper's rule would make for the window
             features = (maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states)[:, 1:]
             centres, _ = self.dc_means(
@@ -135,10 +131,14 @@ class FrequencyReducer(TokenReducer):
         dc_tokens, dc_sizes = self.dc_means(low, low_windows, low_sizes, old_dc, tokens, old_dc_windows)
         if self.dc_position_embeddings is not None:
             dc_tokens = dc_tokens + self.dc_position_embeddings
-        merge_target = None
+        merge_target, join_target = None, None
         if tokens.patch_to_token is not None:
             merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=hidden_states.device)
-            merge_target.scatter_(1, 1 + low_idx, low_windows)
+            low_targets = low_windows
+            if destinations is not None:  # a token that joined a kept token is in no DC token
+                join_target = merge_target.scatter(1, 1 + low_idx, destinations)
+                low_targets = torch.where(destinations >= 0, -1, low_windows)
+            merge_target.scatter_(1, 1 + low_idx, low_targets)
             if tokens.num_merged:
                 merge_target[:, 1 + num_candidates :] = old_dc_windows
         key_weights = None
@@ -146,7 +146,7 @@ class FrequencyReducer(TokenReducer):
             sizes = kept_sizes if kept_sizes is not None else candidate_sizes.gather(1, keep_idx)
             key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes, dc_sizes], dim=1)
         return tokens.reduce(
-            self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target,
+            self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target, join_target,
             key_weights=key_weights, kept_sizes=kept_sizes,
         )
 

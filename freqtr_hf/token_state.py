@@ -51,27 +51,20 @@ class TokenProvenance:
     patch_to_token: (B, P) LongTensor, for every original patch (row-major on the patch grid) the index, in the
         sequence after this stage, of the token that carries it; -1 if it was dropped.
     num_kept: tokens `1 … num_kept` (after CLS) are the kept tokens; higher indices are merged tokens.
-    kept_is_patch: (B, num_kept), False where a kept token is an earlier merged token (EViT keeps its fused token
-        when it ranks high enough), or None when every kept token is a patch.
+    kept: (B, P) BoolTensor, the patches that are still a token of their own (which may carry other patches that
+        joined it). A patch carried by a kept token that is not its own (merged into it by the nearest-token merge,
+        or in EViT's fused token kept as a whole) counts as merged.
     """
 
     layer: int
     patch_to_token: torch.LongTensor
     num_kept: int
-    kept_is_patch: torch.BoolTensor | None = None
-
-    @property
-    def kept(self) -> torch.BoolTensor:
-        """(B, P): the patches that are tokens of their own after this stage."""
-        in_kept = (self.patch_to_token >= 1) & (self.patch_to_token <= self.num_kept)
-        if self.kept_is_patch is None or self.num_kept == 0:
-            return in_kept
-        index = (self.patch_to_token - 1).clamp(0, max(self.num_kept - 1, 0))
-        return in_kept & self.kept_is_patch.gather(1, index)
+    kept: torch.BoolTensor
 
     @property
     def merged(self) -> torch.BoolTensor:
-        """(B, P): the patches that went into a merged token (DC token, fused token, cluster)."""
+        """(B, P): the patches carried by a token that is not their own (DC token, fused token, cluster, or a kept
+        token they joined)."""
         return (self.patch_to_token >= 1) & ~self.kept
 
     @property
@@ -179,6 +172,7 @@ class TokenState:
         merged_tokens: torch.Tensor | None = None,
         merged_sizes: torch.Tensor | None = None,
         merge_target: torch.LongTensor | None = None,
+        join_target: torch.LongTensor | None = None,
         valid: torch.BoolTensor | None = None,
         key_weights: torch.Tensor | None = None,
         kept_sizes: torch.Tensor | None = None,
@@ -189,7 +183,8 @@ class TokenState:
             in the order they take. Only EViT keeps merged tokens; it passes their sizes as `kept_sizes` (B, k).
         merged_tokens: (B, d, C) new merged tokens with their patch counts merged_sizes (B, d).
         merge_target: (B, n) for every token of the old sequence, the merged token (0 … d-1) it went into, or -1
-            (kept or dropped); only read when provenance is tracked.
+            (kept or dropped); join_target: (B, n) the kept token (0 … k-1) it joined, or -1. Only read when
+            provenance is tracked.
         valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
         """
         kept = gather_tokens(hidden_states[:, 1:], keep_idx)
@@ -220,8 +215,14 @@ class TokenState:
         if merge_target is not None:
             merged = merge_target >= 0
             token_to_new[:, :length] = torch.where(merged, 1 + num_kept + merge_target, token_to_new[:, :length])
+        if join_target is not None:
+            token_to_new[:, :length] = torch.where(join_target >= 0, 1 + join_target, token_to_new[:, :length])
         new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
         patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
-        kept_is_patch = state.patch_ids >= 0 if kept_sizes is not None else None
-        stage = TokenProvenance(layer, patch_to_token, num_kept, kept_is_patch)
+        # a patch is kept when the kept token that carries it is that patch's own token
+        kept = (patch_to_token >= 1) & (patch_to_token <= num_kept)
+        if num_kept:
+            carrier = state.patch_ids.gather(1, (patch_to_token - 1).clamp(0, num_kept - 1))
+            kept &= carrier == torch.arange(patch_to_token.shape[1], device=carrier.device)
+        stage = TokenProvenance(layer, patch_to_token, num_kept, kept)
         return reduced, replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))

@@ -58,6 +58,7 @@ def stage_overlay(
     """The image (H, W, 3) uint8, the model's input view, with image `index` of a stage drawn on it:
 
     - kept patches as they are, with a white border at their top and left edges;
+    - patches that joined a kept token (the nearest-token merge) hatched in white, their region outlined in white;
     - each merged token's patches tinted and hatched in its colour (`merged_token_colour`), its region outlined;
     - dropped patches darkened to grey.
 
@@ -65,16 +66,20 @@ def stage_overlay(
     height, width = image.shape[:2]
     patch = pixel_patches(grid, (height, width))
     token = stage.patch_to_token[index].cpu().numpy()[patch]  # (H, W): -1 dropped, 1 … num_kept kept, above merged
+    kept = stage.kept[index].cpu().numpy()[patch]
     out = image.astype(np.float32)
 
-    merged = token > stage.num_kept
-    colours = PALETTE[(token - stage.num_kept - 1) % len(PALETTE)]
-    out[merged] = (1 - tint) * out[merged] + tint * colours[merged]
+    white = np.full(3, 255, dtype=np.float32)
+    in_merged = token > stage.num_kept
+    joined = (token >= 1) & ~in_merged & ~kept
+    colours = np.where(in_merged[..., None], PALETTE[(token - stage.num_kept - 1) % len(PALETTE)], white)
+    hatched = in_merged | joined
+    out[hatched] = (1 - tint) * out[hatched] + tint * colours[hatched]
     diagonal = (np.arange(height)[:, None] + np.arange(width)[None, :]) % HATCH_PERIOD
-    stripe, dark = merged & (diagonal < 2), merged & (diagonal == 2)  # the black stripe keeps light colours visible
+    stripe, dark = hatched & (diagonal < 2), hatched & (diagonal == 2)  # the black stripe keeps light colours visible
     out[stripe] = colours[stripe]
     out[dark] = 0
-    outline = merged & region_boundaries(token)
+    outline = hatched & region_boundaries(token)
     out[outline] = colours[outline]
 
     dropped = token < 0
@@ -84,15 +89,19 @@ def stage_overlay(
     borders = np.zeros((height, width), dtype=bool)
     borders[1:, :] |= patch[1:, :] != patch[:-1, :]
     borders[:, 1:] |= patch[:, 1:] != patch[:, :-1]
-    out[borders & (token >= 1) & (token <= stage.num_kept)] = 255
+    out[borders & kept] = 255
     return out.clip(0, 255).astype(np.uint8)
 
 
 def stage_summary(stage: TokenProvenance, index: int = 0) -> str:
-    """'layer 4: 137 kept, 59 in 4 merged tokens, 0 dropped' for image `index` of a stage (1-based layer)."""
+    """'layer 4: 137 kept, 59 in 4 merged tokens, 0 dropped' for image `index` of a stage (1-based layer), with
+    ', 12 merged into kept tokens' after the kept count when the nearest-token merge put patches into kept tokens."""
     token = stage.patch_to_token[index]
     tokens = len(merged_token_indices(stage, index))
+    joined = int((stage.merged[index] & (token <= stage.num_kept)).sum())
     return (
-        f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, {int(stage.merged[index].sum())} in "
-        f"{tokens} merged token{'' if tokens == 1 else 's'}, {int((token < 0).sum())} dropped"
+        f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, "
+        + (f"{joined} merged into kept tokens, " if joined else "")
+        + f"{int((token > stage.num_kept).sum())} in {tokens} merged token{'' if tokens == 1 else 's'}, "
+        f"{int((token < 0).sum())} dropped"
     )

@@ -33,7 +33,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
 from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
@@ -48,6 +48,9 @@ CONCURRENCY = 2  # requests computed at a time; the others wait in the queue
 DEFAULT_LAYERS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
 DEVICE = resolve_device(os.environ.get("FREQTR_DEVICE", "auto"))
 MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
+PRESET_METHOD = "freq, training-free preset"
+# the Method box: every training-free method as it is, and freq with `TRAINING_FREE_FREQ` (method, config overrides)
+METHODS = {**{method: (method, {}) for method in TRAINING_FREE_METHODS}, PRESET_METHOD: ("freq", TRAINING_FREE_FREQ)}
 
 
 def default_model() -> str:
@@ -140,11 +143,13 @@ class LoadedModel:
     def build_reduced(
         self, method: str, keep_rate: float, layers: tuple[int, ...], windows: tuple[int, ...]
     ) -> FreqViTForImageClassification:
-        """The model reducing with `method` after the 0-based blocks `layers`."""
+        """The model reducing with `method` (a key of `METHODS`) after the 0-based blocks `layers`."""
+        reduction_method, overrides = METHODS[method]
         try:
             config = FreqViTConfig.from_dict(
                 self.unreduced.config.to_dict(),
-                reduction_method=method,
+                **overrides,
+                reduction_method=reduction_method,
                 keep_rate=keep_rate,
                 reduction_layers=layers,
                 dc_window_sizes=windows,
@@ -237,6 +242,8 @@ def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int,
     hatched = dict(edgecolor="black", hatch="///")
     if bool(stage.kept[0].any()):
         handles.append(Patch(facecolor="white", edgecolor="black", label="kept patch (white border)"))
+    if bool((stage.merged[0] & (stage.patch_to_token[0] <= stage.num_kept)).any()):
+        handles.append(Patch(facecolor="white", label="merged into a kept token", **hatched))
     merged = merged_token_indices(stage)
     if len(merged) <= 6:
         handles += [
@@ -289,8 +296,8 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
     """Run the unreduced and the reduced model on the upload: stage pictures, both top-5s, cost and latency, and
     the per-layer high-frequency amplitude."""
     image = read_upload(upload)
-    if method not in TRAINING_FREE_METHODS:
-        raise gr.Error(f"Method: one of {', '.join(TRAINING_FREE_METHODS)}, got {method!r}")
+    if method not in METHODS:
+        raise gr.Error(f"Method: one of {', '.join(METHODS)}, got {method!r}")
     try:
         keep_rate = float(keep_rate)
     except (TypeError, ValueError) as error:
@@ -308,7 +315,7 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
         base_latency, reduced_latency = median_latencies([unreduced, reduced], pixels)
     view = input_view(pixels[0], loaded.processor)
     provenance = out.token_provenance or ()
-    stages = stages_image(view, provenance, grid, method)
+    stages = stages_image(view, provenance, grid, METHODS[method][0])
     figure = amplitude_plot(
         layer_high_frequency(base.hidden_states, None, grid),
         layer_high_frequency(out.hidden_states, provenance, grid),
@@ -355,7 +362,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(
             "# Frequency-aware token reduction\n"
             "Which patches a ViT keeps (high-frequency tokens, white borders), which it averages into each DC token "
-            "(hatched and outlined, one colour per token) and which are gone (grey), at every reduction layer. "
+            "(hatched and outlined, one colour per token) and which are gone (grey), at every reduction layer; with "
+            "the training-free preset, patches also merge into the kept token they resemble (hatched in white). "
             "Lee et al., NeurIPS 2025, with the freqtr-hf library. "
             f"Runs on **{describe(DEVICE)}**."
         )
@@ -366,7 +374,7 @@ def build_demo() -> gr.Blocks:
                 )
                 gr.Examples(example_images(), inputs=upload, label="Examples (scikit-image photos)")
                 model_id = gr.Textbox(default_model(), label="Model (Hub id, or a folder this Space allows)")
-                method = gr.Dropdown(list(TRAINING_FREE_METHODS), value="freq", label="Method")
+                method = gr.Dropdown(list(METHODS), value="freq", label="Method")
                 keep_rate = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="Keep rate")
                 layers = gr.Textbox(
                     DEFAULT_LAYERS, label="Reduction layers (numbered from 1, as in the paper: 4, 7, 10)"

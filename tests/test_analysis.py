@@ -101,10 +101,10 @@ def test_rank_correlations_of_monotone_and_reversed_pairs():
 def test_departure_depth_on_a_hand_made_provenance():
     # 4 patches. After block 3: patch 0 kept (token 1), patch 1 dropped, patches 2 and 3 merged into token 2.
     # After block 6: patch 0 dropped. A merging stage with a singleton cluster keeps that patch.
-    first = TokenProvenance(3, torch.tensor([[1, -1, 2, 2]]), num_kept=1)
-    second = TokenProvenance(6, torch.tensor([[-1, -1, 1, 1]]), num_kept=0)
+    first = TokenProvenance(3, torch.tensor([[1, -1, 2, 2]]), num_kept=1, kept=torch.tensor([[1, 0, 0, 0]]).bool())
+    second = TokenProvenance(6, torch.tensor([[-1, -1, 1, 1]]), num_kept=0, kept=torch.zeros(1, 4, dtype=torch.bool))
     assert departure_depth((first, second), 12, 4).tolist() == [[7.0, 4.0, 4.0, 4.0]]
-    merging = TokenProvenance(3, torch.tensor([[1, 2, 2, 3]]), num_kept=0)
+    merging = TokenProvenance(3, torch.tensor([[1, 2, 2, 3]]), num_kept=0, kept=torch.zeros(1, 4, dtype=torch.bool))
     assert owns_token(merging.patch_to_token).tolist() == [[True, False, False, True]]
     assert departure_depth((merging,), 12, 4).tolist() == [[12.0, 4.0, 4.0, 12.0]]
 
@@ -144,13 +144,16 @@ def test_token_set_similarity_known_values():
 
 def test_evit_kept_patches_are_the_top_cls_attention_candidates():
     # 4 patches; the first stage kept patches 1 and 3 (tokens 1, 2) and merged 0 and 2 into a DC token (3)
-    previous = TokenProvenance(0, torch.tensor([[3, 1, 3, 2]]), num_kept=2)
-    stage = TokenProvenance(1, torch.tensor([[2, 1, 2, 2]]), num_kept=1)
+    previous = TokenProvenance(0, torch.tensor([[3, 1, 3, 2]]), num_kept=2, kept=torch.tensor([[0, 1, 0, 1]]).bool())
+    stage = TokenProvenance(1, torch.tensor([[2, 1, 2, 2]]), num_kept=1, kept=torch.tensor([[0, 1, 0, 0]]).bool())
     probs = torch.zeros(1, 2, 4, 4)
     probs[:, :, 0] = torch.tensor([0.1, 0.2, 0.3, 0.4])  # the DC token (3) gets most: it is no candidate
     assert evit_kept_patches(probs, previous, stage).tolist() == [[False, False, False, True]]
+    # patch 0 joined kept token 2 (the nearest-token merge): it rides along, but it is not a candidate of its own
+    previous = TokenProvenance(0, torch.tensor([[2, 1, 3, 2]]), num_kept=2, kept=torch.tensor([[0, 1, 0, 1]]).bool())
+    assert evit_kept_patches(probs, previous, stage).tolist() == [[False, False, False, True]]
     # first stage: every patch is a candidate, token 1 + p
-    first = TokenProvenance(0, torch.tensor([[1, -1, 2, -1]]), num_kept=2)
+    first = TokenProvenance(0, torch.tensor([[1, -1, 2, -1]]), num_kept=2, kept=torch.tensor([[1, 0, 1, 0]]).bool())
     probs = torch.zeros(1, 1, 5, 5)
     probs[:, :, 0] = torch.tensor([0.0, 0.1, 0.4, 0.2, 0.3])
     assert evit_kept_patches(probs, None, first).tolist() == [[False, True, False, True]]

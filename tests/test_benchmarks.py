@@ -1,9 +1,11 @@
-"""The speed benchmark's own pieces: the zero-cost reduction it measures the ceiling with, and a short run."""
+"""The benchmarks' own pieces: the speed benchmark's zero-cost reduction and a short run; the training-free
+benchmark's paired test, and a short run that resumes and refuses another run's state."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -12,6 +14,7 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import FreeReduction  # noqa: E402
+from training_free import paired_test  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
              patch_size=8, num_labels=5)
@@ -39,3 +42,25 @@ def test_the_speed_benchmark_prints_every_model():
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
     rows = {line.split()[0] for line in printed.splitlines() if line and line.split()[0] in ("vit", "freq", "free-cut")}
     assert rows == {"vit", "freq", "free-cut"}
+
+
+def test_the_paired_test_counts_the_images_where_only_one_is_right():
+    first = [True, True, True, False, True, False]
+    second = [False, False, False, False, True, False]
+    only_first, only_second, p_value = paired_test(first, second)
+    assert (only_first, only_second) == (3, 0)
+    assert p_value == pytest.approx(0.25)  # 3 of 3 discordant images one way: 2 * 0.5**3
+    assert paired_test(first, first) == (0, 0, 1.0)
+    assert paired_test([True] * 10 + [False] * 10, [False] * 10 + [True] * 10)[2] == pytest.approx(1.0)
+
+
+def test_the_training_free_benchmark_resumes_its_run_and_refuses_another(deit_tiny, imagenette_val, tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "training_free.py"), "--model", str(deit_tiny),
+               "--data", str(imagenette_val), "--every", "200", "--table", "comparison", "--state-dir", str(tmp_path),
+               "--keep-rates", "0.7"]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+    assert "| TRAINING_FREE_FREQ" in printed.stdout and "McNemar p = " in printed.stdout
+    again = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+    assert "holds this run, finished" in again.stderr and again.stdout == printed.stdout
+    other = subprocess.run(command[:-1] + ["0.5"], capture_output=True, text=True, cwd=REPO)
+    assert other.returncode != 0 and "holds another run: rows differs" in other.stderr

@@ -17,8 +17,9 @@ from PIL import Image
 
 from conftest import DEIT_TINY
 
-from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTForImageClassification
 from freqtr_hf.devices import describe, resolve_device
+from freqtr_hf.visualization import stage_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "space"
@@ -182,6 +183,18 @@ def test_layers_are_numbered_from_1_in_the_ui_and_from_0_in_the_config(default_d
     assert app.load_model(default_deit).reduced.cache_info().hits >= 1  # the setting analyse built
     assert "Tokens: 197 → 142 → 97 → 68, reducing after layer 4, 7, 10" in stats  # the paper's schedule
     assert [line.get_xdata()[0] for line in plot.axes[0].lines[2:]] == [4, 7, 10]  # the plot's reduction markers
+    assert "tabby" in " ".join(reduced_top5).lower()
+
+
+def test_the_training_free_preset_shows_patches_merged_into_kept_tokens(default_deit):
+    stages, reduced_top5, _, stats, _ = app.analyse(CAT, "", app.PRESET_METHOD, 0.7, "4, 7, 10", "2, 1, 1")
+    reduced = app.load_model(default_deit).reduced(app.PRESET_METHOD, 0.7, (3, 6, 9), (2, 1, 1))
+    assert all(getattr(reduced.config, key) == value for key, value in TRAINING_FREE_FREQ.items())
+    assert "Tokens: 197 → 142 → 97 → 68" in stats  # the paper's token budget
+    with torch.inference_mode():
+        stage = reduced(app.load_model(default_deit).processor(app.read_upload(CAT), return_tensors="pt")[
+            "pixel_values"], output_token_provenance=True).token_provenance[0]
+    assert "merged into kept tokens" in stage_summary(stage)
     assert "tabby" in " ".join(reduced_top5).lower()
 
 

@@ -101,10 +101,28 @@ def test_each_option_alone_runs_and_batches_like_single_images():
         torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
 
 
-def test_nearest_merge_refuses_provenance_with_a_clear_error():
-    model = FreqViTForImageClassification(tiny_config(**TRAINING_FREE_FREQ)).eval()
-    with pytest.raises(ValueError, match="output_token_provenance"):
-        model(torch.randn(1, 3, 64, 64), output_token_provenance=True)
+@pytest.mark.parametrize("features", ["hidden_states", "keys"])
+def test_provenance_follows_patches_into_kept_and_dc_tokens(features):
+    """With the nearest merge, a patch is kept (its own token), joined a kept token (merged, carried by that token)
+    or in its window's DC token; the token sizes the model weighs are the patch counts the provenance gives."""
+    model = FreqViTForImageClassification(tiny_config(**{**TRAINING_FREE_FREQ, "merge_features": features})).eval()
+    pixels = torch.randn(3, 3, 64, 64)
+    states = stage_states(model, pixels)
+    with torch.no_grad():
+        output = model(pixels, output_token_provenance=True)
+    torch.testing.assert_close(output.logits, model(pixels).logits)  # tracking changes nothing
+    joined_any = False
+    for stage, state in zip(output.token_provenance, states):
+        assert torch.all(stage.kept ^ stage.merged) and not stage.dropped.any()
+        assert torch.all(stage.kept.sum(1) == stage.num_kept)  # every kept token is still its own patch's token
+        length = 1 + stage.num_kept + state.num_merged
+        counts = torch.zeros(3, length).scatter_add_(1, stage.patch_to_token, torch.ones_like(stage.patch_to_token,
+                                                                                                  dtype=torch.float))
+        counts[:, 0] = 1  # CLS
+        torch.testing.assert_close(counts, state.token_sizes())
+        joined = stage.merged & (stage.patch_to_token <= stage.num_kept)
+        joined_any |= bool(joined.any())
+    assert joined_any  # some patch joined a kept token, and the provenance says so
 
 
 def test_preset_is_fine_tunable_and_survives_save_and_load(tmp_path):
