@@ -16,6 +16,7 @@ REDUCTION_METHODS = (
     "patchmerger", "sinkhorn",
 )
 TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
+FREQ_PRESETS = ("paper", "training_free")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 DEFAULT_MODEL = "facebook/deit-tiny-patch16-224"
@@ -81,6 +82,11 @@ def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce (default 3 6 9)")
     parser.add_argument("--dc-window-sizes", type=int, nargs="+", help="freq: DC windows per reduction layer (default 2 1 1)")
     parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
+    parser.add_argument(
+        "--preset", choices=FREQ_PRESETS, default="paper",
+        help="freq: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model without training: nearest "
+        "merge, proportional attention; docs/training_free.md)",
+    )
     parser.add_argument(
         "--score-source", choices=("attention", "logits"), default="attention",
         help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)",

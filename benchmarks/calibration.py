@@ -23,11 +23,11 @@ import datasets
 import torch
 from transformers import AutoImageProcessor
 
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTForImageClassification
+from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
-PRESETS = {"paper": {}, "training_free": TRAINING_FREE_FREQ}
 MODES = {"calibrate": ["--calibrate"], "finetune": ["--distill_only", "--ema_decay", "0"]}
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--starts", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    parser.add_argument("--starts", nargs="+", choices=list(FREQ_PRESETS), default=list(FREQ_PRESETS))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--work", default="runs/calibration", help="splits, training runs")
     parser.add_argument("--output", help="write all rows as JSON here")
@@ -98,7 +98,7 @@ def main() -> None:
     models = build_models(args.model, [], 1.0)
     for start in args.starts:
         models[f"{start}, off the shelf"] = build_models(
-            args.model, ["freq"], args.keep_rate, overrides=PRESETS[start])["freq"]
+            args.model, ["freq"], args.keep_rate, overrides=FREQ_PRESETS[start])["freq"]
         for mode in args.modes:
             for domain in splits:
                 models[f"{start}, {mode} on {domain}"] = FreqViTForImageClassification.from_pretrained(

@@ -12,13 +12,14 @@ from pathlib import Path
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 
+from .configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
 from .evaluation import format_table, results_json, run_evaluation
 
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
     """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults)."""
-    fields = {"score_source": args.score_source}
+    fields = {**FREQ_PRESETS[args.preset], "score_source": args.score_source}
     if args.reduction_layers is not None:
         fields["reduction_layers"] = tuple(args.reduction_layers)
     if args.dc_window_sizes is not None:

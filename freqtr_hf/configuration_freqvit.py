@@ -32,6 +32,8 @@ TRAINING_FREE_FREQ = {
     "merge_features": "hidden_states",
     "proportional_attention": True,
 }
+# `freq`'s option sets by name, for the commands' `--preset`: the paper's method, and the training-free model
+FREQ_PRESETS = {"paper": {}, "training_free": TRAINING_FREE_FREQ}
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a

@@ -22,6 +22,11 @@ from .token_schedule import patch_grid, sequence_lengths
 
 
 DEFAULT_LICENSE = "apache-2.0"
+# freq's options beyond its token budget: the card lists those a model sets away from the paper's method
+FREQ_OPTIONS = (
+    "attention_reweighting", "dc_position_embedding", "dc_update", "dc_empty_fill", "score_source",
+    "low_frequency_merge", "merge_features", "proportional_attention",
+)
 INSTALL = 'pip install "transformers>=5" torch pillow'
 CITATION = """@inproceedings{lee2025frequency,
   title     = {Frequency-Aware Token Reduction for Efficient Vision Transformer},
@@ -176,6 +181,9 @@ def _reduction_table(config: FreqViTConfig) -> str:
                  ("keep_rate", config.keep_rate)]
         if config.reduction_method == "freq":
             rows.append(("dc_window_sizes", list(config.dc_window_sizes)))
+            default = FreqViTConfig()  # freq's options that differ from the paper's method (e.g. TRAINING_FREE_FREQ)
+            rows += [(field, getattr(config, field)) for field in FREQ_OPTIONS
+                     if getattr(config, field) != getattr(default, field)]
     rows.append(("tokens", " → ".join(str(n) for n in token_counts(config))))
     lines = ["## Reduction", "", "| setting | value |", "|---|---|"]
     return "\n".join(lines + [f"| `{field}` | {value} |" for field, value in rows])

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 import freqtr_hf_cli
-from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, TRAINING_FREE_METHODS
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf_cli import main
@@ -54,6 +54,16 @@ def test_evaluate_prints_a_table_and_json(deit_tiny, imagenette_val, tmp_path, c
     assert results["none"]["top1"] >= 0.5  # 20 real images of 10 ImageNet classes, mapped through the wnids
     assert results["freq"]["gmacs"] == pytest.approx(0.814, abs=0.001)
     assert results["none"]["gmacs"] == pytest.approx(1.254, abs=0.001)
+
+
+def test_evaluate_runs_the_training_free_preset_and_records_it(tiny_checkpoint, tmp_path, capsys):
+    output = tmp_path / "preset.json"
+    assert main(evaluate(tiny_checkpoint, "--preset", "training_free", "--output", str(output))) == 0
+    run = json.loads(output.read_text())
+    assert {key: run["reduction"][key] for key in TRAINING_FREE_FREQ} == TRAINING_FREE_FREQ
+    with pytest.raises(SystemExit):
+        main(evaluate(tiny_checkpoint, "--preset", "fastest"))
+    assert "--preset: invalid choice: 'fastest'" in capsys.readouterr().err
 
 
 def test_a_saved_dataset_dict_is_read_by_split(tmp_path):
@@ -201,6 +211,7 @@ def test_the_command_line_names_the_library_methods():
     assert freqtr_hf_cli.REDUCTION_METHODS == ("none", *[m for m in REDUCTION_METHODS if m != "none"])
     assert set(freqtr_hf_cli.REDUCTION_METHODS) == set(REDUCTION_METHODS)
     assert freqtr_hf_cli.TRAINING_FREE_METHODS == TRAINING_FREE_METHODS
+    assert freqtr_hf_cli.FREQ_PRESETS == tuple(FREQ_PRESETS)
 
 
 def test_wnid_folders_map_to_imagenet_classes(deit_tiny):
@@ -238,6 +249,13 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "exported"),
                  "--keep-rate", "0.5", "--device", "cpu"]) == 0
     assert (tmp_path / "exported" / "README.md").exists() and (tmp_path / "exported" / "config.json").exists()
+    assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "preset"),
+                 "--preset", "training_free", "--device", "cpu"]) == 0
+    config = json.loads((tmp_path / "preset" / "config.json").read_text())
+    assert {key: config[key] for key in TRAINING_FREE_FREQ} == TRAINING_FREE_FREQ
+    card = (tmp_path / "preset" / "README.md").read_text()
+    assert "| `low_frequency_merge` | nearest |" in card and "low_frequency_merge" not in (
+        tmp_path / "exported" / "README.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
                  "topk", "--keep-rates", "0.5", "--output", str(tmp_path / "report"), "--device", "cpu",
                  "--batch-size", "4"]) == 0

@@ -36,8 +36,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS
 from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images, read_synsets
 from freqtr_hf.fingerprint import file_digest, mismatch, model_digest
 from freqtr_hf.images import read_image
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0-based blocks that reduce")
     parser.add_argument("--dc_window_sizes", type=int, nargs="+", default=[2, 1, 1],
                         help="per reduction layer, w: w x w DC windows (freq)")
-    parser.add_argument("--preset", choices=["paper", "training_free"], default="paper",
+    parser.add_argument("--preset", choices=list(FREQ_PRESETS), default="paper",
                         help="freq's options: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model "
                         "without training: nearest merge, proportional attention)")
     args = parser.parse_args(argv)
@@ -277,7 +277,7 @@ def build_student(args, label_names: list[str]):
         keep_rate=args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate),
         reduction_layers=tuple(args.reduction_layers),
         dc_window_sizes=tuple(args.dc_window_sizes),
-        **(TRAINING_FREE_FREQ if args.preset == "training_free" else {}),
+        **FREQ_PRESETS[args.preset],
     )
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path)
     label_of = label_mapping(label_names, pretrained.id2label, args.synsets) if label_names else []
