@@ -111,14 +111,15 @@ def preset_against_best(rows: list[dict], state: EvaluationState, keep_rates: li
     for keep in keep_rates:
         column = [row for row in rows if row["table"] == "comparison" and row["keep_rate"] == keep]
         preset = next(row for row in column if row["row"] == "TRAINING_FREE_FREQ")
-        for key, truth, name in (("top1", state.labels, "top-1"), ("agreement", reference, "agreement")):
+        for key, truth, name, verb in (("top1", state.labels, "top-1", "right"),
+                                       ("agreement", reference, "agreement", "agrees")):
             best = max((row for row in column if row is not preset), key=lambda row: row[key])
             right = {r["row"]: [p == t for p, t in zip(state.predictions[r["key"]], truth)] for r in (preset, best)}
             only_preset, only_best, p_value = paired_test(right[preset["row"]], right[best["row"]])
             lines.append(
                 f"keep {keep} {name}: preset {100 * preset[key]:.1f} vs {best['row']} {100 * best[key]:.1f}; "
-                f"only the preset right on {only_preset} images, only {best['row']} on {only_best}: "
-                f"McNemar p = {p_value:.2f}"
+                f"only the preset {verb} on {only_preset} images, only {best['row']} on {only_best}: "
+                f"McNemar p = {p_value:.2g}"
             )
     return "\n".join(lines)
 
