@@ -47,6 +47,18 @@ METHOD_SUMMARIES = {
 }
 
 
+def method_summary(config: FreqViTConfig) -> str:
+    """What the card says the reduction does, in a phrase."""
+    if config.reduction_method == "freq" and config.low_frequency_merge == "nearest":
+        weights = ", and every token weighs as many attention keys as the patches it holds"
+        return (
+            "frequency-aware token reduction with training-free options (freqtr_hf.TRAINING_FREE_FREQ): the "
+            "high-frequency tokens are kept, and each low-frequency one joins the most similar kept token or its "
+            f"window's DC token{weights if config.proportional_attention else ''}"
+        )
+    return METHOD_SUMMARIES.get(config.reduction_method, "a baseline token-reduction method")
+
+
 def is_hub_id(name: str) -> bool:
     """Whether `name` names a Hub repository rather than a local folder or file."""
     if Path(name).exists() or name.startswith((".", "/", "~")):
@@ -135,8 +147,7 @@ def model_card(
     how = "fine-tuned by self-distillation from the unreduced model" if training else "used as it is, without fine-tuning"
     sections = [
         f"# {repo}",
-        f"`{public_name(base_model)}` with **{method}** token reduction "
-        f"({METHOD_SUMMARIES.get(method, 'a baseline token-reduction method')}), {how}. "
+        f"`{public_name(base_model)}` with **{method}** token reduction ({method_summary(config)}), {how}. "
         "The method: Lee et al., *Frequency-Aware Token Reduction for Efficient Vision Transformer*, NeurIPS 2025 "
         "([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); the model was made with freqtr-hf.",
         _reduction_table(config),

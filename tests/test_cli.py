@@ -254,6 +254,7 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     config = json.loads((tmp_path / "preset" / "config.json").read_text())
     assert {key: config[key] for key in TRAINING_FREE_FREQ} == TRAINING_FREE_FREQ
     card = (tmp_path / "preset" / "README.md").read_text()
+    assert "joins the most similar kept token" in card and "averaged into DC tokens" not in card
     assert "| `low_frequency_merge` | nearest |" in card and "low_frequency_merge" not in (
         tmp_path / "exported" / "README.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
