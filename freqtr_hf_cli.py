@@ -159,7 +159,11 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    methods = getattr(args, "methods", None) or [getattr(args, "method", None)]
+    if getattr(args, "preset", "paper") != "paper" and "freq" not in methods:
+        parser.error(f"--preset {args.preset} sets options of freq, which is not among the methods ({', '.join(methods)})")
     if hasattr(args, "dataset_config") and args.dataset_config is None and args.data == DEFAULT_DATA:
         args.dataset_config = DEFAULT_DATA_CONFIG
     try:

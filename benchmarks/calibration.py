@@ -23,9 +23,12 @@ import datasets
 import torch
 from transformers import AutoImageProcessor
 
-from freqtr_hf import FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images
+sys.path.insert(0, str(Path(__file__).parent))
+from methods import shared_asset  # noqa: E402
+
+from freqtr_hf import FreqViTForImageClassification  # noqa: E402
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS  # noqa: E402
+from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
 MODES = {"calibrate": ["--calibrate"], "finetune": ["--distill_only", "--ema_decay", "0"]}
@@ -74,10 +77,10 @@ def train(args, start: str, mode: str, domain: str, data: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
-    parser.add_argument("--imagenette", default="../shared/assets/imagenette", help="with train/ and val/")
-    parser.add_argument("--imagewoof", default="../shared/assets/imagewoof_train_sample")
-    parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
+    parser.add_argument("--model", default=shared_asset("deit-tiny-patch16-224"))
+    parser.add_argument("--imagenette", default=shared_asset("imagenette"), help="with train/ and val/")
+    parser.add_argument("--imagewoof", default=shared_asset("imagewoof_train_sample"))
+    parser.add_argument("--synsets", default=shared_asset("imagenet_synsets.txt"))
     parser.add_argument("--keep-rate", type=float, default=0.7)
     parser.add_argument("--images", type=int, default=320, help="calibration images per domain")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every run")

@@ -22,17 +22,45 @@ from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
+from freqtr_hf_cli import HelpFormatter
+
+
+SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"  # ../shared/assets beside the repository
+SHARED_DATA = {"imagenette/val": 4, "imagewoof_train_sample": 1}  # the shared data sets and the step each is read at
+
+
+def shared_asset(name: str) -> str:
+    """The path of a shared asset relative to the working directory (`../shared/assets/<name>` from the repository
+    root), so the benchmarks run from any folder and print the same short paths."""
+    return os.path.relpath(SHARED_ASSETS / name)
 
 
 def add_shared_data_arguments(parser: argparse.ArgumentParser, keep_rates: list[float]) -> None:
     """The checkpoint, the two shared data sets (every 4th Imagenette val image, the whole Imagewoof sample), the
-    synset list and the keep rates: the flags every accuracy benchmark shares."""
-    parser.add_argument("--model", default="../shared/assets/deit-tiny-patch16-224")
-    parser.add_argument("--data", nargs="+",
-                        default=["../shared/assets/imagenette/val", "../shared/assets/imagewoof_train_sample"])
-    parser.add_argument("--every", type=int, nargs="+", default=[4, 1], help="one per data set")
-    parser.add_argument("--synsets", default="../shared/assets/imagenet_synsets.txt")
-    parser.add_argument("--keep-rates", type=float, nargs="+", default=keep_rates)
+    synset list and the keep rates: the flags every accuracy benchmark shares (see `check_shared_data_arguments`)."""
+    parser.formatter_class = HelpFormatter
+    parser.add_argument("--model", default=shared_asset("deit-tiny-patch16-224"), help="ViT/DeiT checkpoint folder")
+    parser.add_argument("--data", nargs="+", default=[shared_asset(name) for name in SHARED_DATA],
+                        help="image folders (class sub-folders) or saved datasets")
+    parser.add_argument("--every", type=int, nargs="+",
+                        help="read every N-th image: one value for all --data, or one per --data (default: 4 and 1 "
+                        "for the two shared data sets, else 1)")
+    parser.add_argument("--synsets", default=shared_asset("imagenet_synsets.txt"),
+                        help="class list mapping folder wnids to the model's classes")
+    parser.add_argument("--keep-rates", type=float, nargs="+", default=keep_rates, help="keep rates to compare")
+
+
+def check_shared_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve `--every` to one value per data set, or exit naming the flag."""
+    if args.every is None:
+        steps = {shared_asset(name): step for name, step in SHARED_DATA.items()}
+        args.every = [steps.get(data, 1) for data in args.data]
+    elif len(args.every) == 1:
+        args.every = args.every * len(args.data)
+    if len(args.every) != len(args.data):
+        parser.error(f"--every: give one value, or one per --data ({len(args.data)}), got {len(args.every)}")
+    if min(args.every) < 1:
+        parser.error(f"--every: must be >= 1, got {args.every}")
 
 
 def matched_tome_r(model: str, keep_rate: float) -> int | None:
@@ -85,8 +113,7 @@ def main() -> None:
     parser.add_argument("--output", help="write all rows as JSON here")
     parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")
     args = parser.parse_args()
-    if len(args.every) != len(args.data):
-        parser.error("--every: give one value per --data")
+    check_shared_data_arguments(parser, args)
 
     device = resolve_device(args.device)
     print(f"{describe(device)}, float32, batch {args.batch_size}")

@@ -30,7 +30,7 @@ import torch
 from transformers import AutoImageProcessor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from methods import add_shared_data_arguments, matched_tome_r  # noqa: E402
+from methods import add_shared_data_arguments, check_shared_data_arguments, matched_tome_r  # noqa: E402
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
 from freqtr_hf.fingerprint import value_digest  # noqa: E402
@@ -103,6 +103,10 @@ def paired_test(first: list[bool], second: list[bool]) -> tuple[int, int, float]
     return only_first, only_second, binomtest(only_first, only_first + only_second).pvalue
 
 
+def images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
 def preset_against_best(rows: list[dict], state: EvaluationState, keep_rates: list[float]) -> str:
     """For every keep rate and measure (top-1, agreement), the preset against the best other comparison row, image by
     image (see `paired_test`)."""
@@ -118,7 +122,7 @@ def preset_against_best(rows: list[dict], state: EvaluationState, keep_rates: li
             only_preset, only_best, p_value = paired_test(right[preset["row"]], right[best["row"]])
             lines.append(
                 f"keep {keep} {name}: preset {100 * preset[key]:.1f} vs {best['row']} {100 * best[key]:.1f}; "
-                f"only the preset {verb} on {only_preset} images, only {best['row']} on {only_best}: "
+                f"only the preset {verb} on {images(only_preset)}, only {best['row']} on {images(only_best)}: "
                 f"McNemar p = {p_value:.2g}"
             )
     return "\n".join(lines)
@@ -133,8 +137,7 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="ignore saved progress and start afresh")
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
-    if len(args.every) != len(args.data):
-        parser.error("--every: give one value per --data")
+    check_shared_data_arguments(parser, args)
 
     processor = AutoImageProcessor.from_pretrained(args.model)
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,8 @@ def main() -> None:
         labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
         fingerprint = run_fingerprint(
             args.model, models["none"].config, dataset, data, every=every, synsets=args.synsets,
-            batch_size=args.batch_size, rows=value_digest({key: model.config.to_diff_dict() for key, model in models.items()}),
+            batch_size=args.batch_size, tables=args.table, keep_rates=args.keep_rates,
+            row_configs=value_digest({key: model.config.to_diff_dict() for key, model in models.items()}),
         )
         slug = "".join(c if c.isalnum() else "_" for c in str(Path(data).resolve()).strip("/"))
         state_file = str(Path(args.state_dir) / f"{slug}.json")
@@ -182,4 +186,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: run the same command again to resume from the progress saved in --state-dir")

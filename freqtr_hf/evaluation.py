@@ -112,6 +112,7 @@ class MethodResult:
     gmacs: float
     images_per_second: float
     speedup: float
+    images: int  # the images evaluated (unreadable ones skipped aside)
 
 
 # methods whose parameters must be trained: off the shelf they compute nothing meaningful
@@ -189,7 +190,7 @@ class EvaluationState:
         write_atomically(path, json.dumps(asdict(self)))
 
 
-RESTART_HINT = "pass --restart to start afresh, or another --state-file"
+RESTART_HINT = "pass --restart to start afresh, or keep the progress in another state file"
 
 
 def compare_methods(
@@ -261,6 +262,7 @@ def compare_methods(
                 gmacs=count_macs(config) / 1e9,
                 images_per_second=speed,
                 speedup=speed / base_speed,
+                images=len(state.labels),
             )
         )
     return results, state.skipped

@@ -148,8 +148,9 @@ def model_card(
     sections = [
         f"# {repo}",
         f"`{public_name(base_model)}` with **{method}** token reduction ({method_summary(config)}), {how}. "
-        "The method: Lee et al., *Frequency-Aware Token Reduction for Efficient Vision Transformer*, NeurIPS 2025 "
-        "([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); the model was made with freqtr-hf.",
+        f"{'The method' if method == 'freq' else 'A baseline of'}: Lee et al., *Frequency-Aware Token Reduction for "
+        "Efficient Vision Transformer*, NeurIPS 2025 ([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); the "
+        "model was made with freqtr-hf.",
         _reduction_table(config),
         _results_section(results, macs, eval_data, eval_every, eval_split),
     ]
@@ -220,6 +221,8 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
         source = f"the Hub dataset `{data}`" + (f" (split `{split}`)" if split else "") if is_hub_id(data) else (
             f"the local image folder `{public_name(data, parts=2)}`")
         step = "every image" if every == 1 else f"every {every}-th image (files sorted by path)"
+        count = next((results[key]["images"] for key in RESULT_ROWS if (results.get(key) or {}).get("images")), None)
+        step += f", {count} images" if count else ""
         note = (f"Measured on {source}, {step}. Images/s were measured on the machine that built the model and "
                 "only compare the rows with each other.")
     return "\n".join(header + rows + ["", note])

@@ -93,15 +93,15 @@ def stage_overlay(
     return out.clip(0, 255).astype(np.uint8)
 
 
-def stage_summary(stage: TokenProvenance, index: int = 0) -> str:
-    """'layer 4: 137 kept, 59 in 4 merged tokens, 0 dropped' for image `index` of a stage (1-based layer), with
-    ', 12 merged into kept tokens' after the kept count when the nearest-token merge put patches into kept tokens."""
+def stage_summary(stage: TokenProvenance, index: int = 0, noun: str = "merged token") -> str:
+    """'layer 4: 137 kept, 59 in 4 DC tokens, 0 dropped' for image `index` of a stage (1-based layer; `noun` names
+    the merged tokens), with ', 12 merged into kept tokens' after the kept count when patches joined kept tokens."""
     token = stage.patch_to_token[index]
     tokens = len(merged_token_indices(stage, index))
     joined = int((stage.merged[index] & (token <= stage.num_kept)).sum())
     return (
         f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, "
         + (f"{joined} merged into kept tokens, " if joined else "")
-        + f"{int((token > stage.num_kept).sum())} in {tokens} merged token{'' if tokens == 1 else 's'}, "
+        + f"{int((token > stage.num_kept).sum())} in {tokens} {noun}{'' if tokens == 1 else 's'}, "
         f"{int((token < 0).sum())} dropped"
     )

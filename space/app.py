@@ -236,8 +236,8 @@ def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int,
     axis = panel.add_axes((0.03, 0.2, 0.94, 0.64))  # room above for the title, below for the legend
     axis.imshow(stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid))
     axis.set_axis_off()
-    axis.set_title(textwrap.fill(stage_summary(stage), 36), fontsize=13)
     noun = MERGED_NAMES.get(method, "merged token")
+    axis.set_title(textwrap.fill(stage_summary(stage, noun=noun), 36), fontsize=13)
     handles = []
     hatched = dict(edgecolor="black", hatch="///")
     if bool(stage.kept[0].any()):

@@ -63,4 +63,5 @@ def test_the_training_free_benchmark_resumes_its_run_and_refuses_another(deit_ti
     again = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     assert "holds this run, finished" in again.stderr and again.stdout == printed.stdout
     other = subprocess.run(command[:-1] + ["0.5"], capture_output=True, text=True, cwd=REPO)
-    assert other.returncode != 0 and "holds another run: rows differs" in other.stderr
+    assert other.returncode != 0 and "holds another run: keep_rates differs (saved run: [0.7], this run: [0.5])" in (
+        other.stderr)

@@ -64,6 +64,12 @@ def test_evaluate_runs_the_training_free_preset_and_records_it(tiny_checkpoint, 
     with pytest.raises(SystemExit):
         main(evaluate(tiny_checkpoint, "--preset", "fastest"))
     assert "--preset: invalid choice: 'fastest'" in capsys.readouterr().err
+    for command in (evaluate(tiny_checkpoint, "--preset", "training_free", "--methods", "topk"),
+                    ["export", "--model", "m", "--output", "o", "--method", "topk", "--preset", "training_free"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "--preset training_free sets options of freq, which is not among the methods (topk)" in (
+            capsys.readouterr().err)
 
 
 def test_a_saved_dataset_dict_is_read_by_split(tmp_path):

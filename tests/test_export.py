@@ -83,6 +83,8 @@ def test_exported_folder_loads_without_freqtr_hf_and_the_cards_examples_run(tiny
     assert all(result.dataset_name == "images/val" for result in data.eval_results)
     assert 'pip install "transformers>=5" torch' in card.text
     assert absolute_paths(card.content) == []
+    images = len(list((tiny_base / "images" / "val").rglob("*.*")))
+    assert f"every image, {images} images." in card.text and "The method: Lee et al." in card.text
 
 
 def test_a_non_empty_output_is_refused_before_loading_unless_overwrite(tiny_base, tmp_path):
@@ -113,6 +115,7 @@ def test_bad_requests_are_refused_naming_the_problem(tiny_base, tmp_path, reduct
 def test_per_layer_tome_exports_with_its_token_counts(tiny_base, tmp_path):
     folder = export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), {"reduction_method": "tome", "tome_r": 8})
     card = ModelCard.load(folder / "README.md")
+    assert "A baseline of: Lee et al." in card.text  # the paper is not ToMe's source
     assert "| `tome_r` | 8 tokens merged in every block |" in card.text
     assert "| `tokens` | 65 → 57 → 49 → 41 → 33 |" in card.text
 

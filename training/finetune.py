@@ -44,6 +44,7 @@ from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
     gmacs, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
 )
+from freqtr_hf_cli import HelpFormatter
 
 
 CHECKPOINT = re.compile(r"step_(\d+)")
@@ -62,13 +63,6 @@ JOB_SETTINGS = (
 CALIBRATION_DEFAULTS = {"learning_rate": 3e-2, "ema_decay": 0.0}
 FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
 INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip install matplotlib tensorboard'
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except None (an option that is unset, or whose default its help explains)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -341,10 +335,11 @@ def training_loss(args, outputs, labels: torch.Tensor, teacher_logits: torch.Ten
 
 @torch.no_grad()
 def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
-    """Top-1 (against known labels) and images/s on the evaluation loader; agreement with `reference` if given."""
+    """Top-1 (against known labels), images/s and the number of images on the evaluation loader; agreement with
+    `reference` if given."""
     metric = evaluate.load(METRIC_SCRIPT)
     model.eval()
-    seconds, images = 0.0, 0
+    seconds, images, evaluated = 0.0, 0, 0
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
         start = time.perf_counter()
         logits = model(batch["pixel_values"]).logits
@@ -355,8 +350,10 @@ def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
             (logits.argmax(-1), batch["labels"], reference_predictions)
         )
         metric.add_batch(predictions=predictions, references=labels, reference_predictions=reference_predictions)
+        evaluated += len(predictions)  # every process's, without the padding of an uneven last batch
     result = metric.compute()
     result["images_per_second"] = images / seconds if seconds else 0.0  # this process's images and time
+    result["images"] = evaluated
     return result
 
 
