@@ -1,6 +1,6 @@
 """Property-based checks over generated configs: every config is refused naming a field, or gives finite logits of
-the right shape, with a batch equal to its images run alone; a field changed after construction is refused when a
-model is built or run."""
+the right shape, with a batch equal to its images run alone, and a provenance that puts every patch in exactly one
+of kept, merged and dropped; a field changed after construction is refused when a model is built or run."""
 
 import math
 
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
+from freqtr_hf.token_schedule import PRUNING_METHODS
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELD_NAMES = (*REDUCTION_FIELDS, "image_size", "patch_size", "num_hidden_layers")
@@ -34,13 +35,16 @@ def configs(draw) -> dict:
         "dc_update": draw(st.sampled_from(["count_weighted", "token_mean", "count_weighted", "median"])),
         "score_source": draw(st.sampled_from(["attention", "logits"])),
         "cluster_iterations": draw(st.sampled_from([1, 3, 3, 0, 10**6])),
+        "low_frequency_merge": draw(st.sampled_from(["dc_window", "nearest"])),
+        "merge_features": draw(st.sampled_from(["keys", "hidden_states"])),
+        "proportional_attention": draw(st.booleans()),
     }
 
 
 TINY = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_labels=5)
 
 
-@FAST
+@settings(FAST, max_examples=200)
 @given(values=configs())
 def test_a_config_is_refused_naming_a_field_or_runs_finite_and_batch_consistent(values):
     try:
@@ -54,8 +58,14 @@ def test_a_config_is_refused_naming_a_field_or_runs_finite_and_batch_consistent(
     with torch.no_grad():
         batch = model(pixels).logits
         alone = torch.cat([model(pixels[i : i + 1]).logits for i in range(3)])
+        traced = model(pixels, output_token_provenance=True)
     assert batch.shape == (3, 5) and torch.isfinite(batch).all()
     torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(traced.logits, batch)  # tracking provenance changes nothing
+    for stage in traced.token_provenance:  # every patch is kept, merged or dropped: exactly one of them
+        assert torch.all(stage.kept.long() + stage.merged.long() + stage.dropped.long() == 1)
+        assert torch.all(stage.kept.sum(1) <= stage.num_kept)
+        assert config.reduction_method in PRUNING_METHODS or not stage.dropped.any()  # only pruning drops patches
 
 
 changes = st.sampled_from(

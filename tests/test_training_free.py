@@ -3,6 +3,8 @@ key weights, validation, fine-tunability, and on real weights, that the preset k
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.configuration_freqvit import REDUCTION_FIELDS
@@ -69,12 +71,12 @@ def test_bad_values_name_their_field(field, value):
         tiny_config(**{field: value})
 
 
-def stage_states(model, pixels):
+def stage_states(model, pixels, **kwargs):
     """The TokenState after each reduction stage."""
     states = []
     hooks = [m.register_forward_hook(lambda module, args, output: states.append(output[1]))
              for m in model.modules() if isinstance(m, FrequencyReducer)]
-    model(pixels)
+    model(pixels, **kwargs)
     for hook in hooks:
         hook.remove()
     return states
@@ -123,6 +125,44 @@ def test_provenance_follows_patches_into_kept_and_dc_tokens(features):
         joined = stage.merged & (stage.patch_to_token <= stage.num_kept)
         joined_any |= bool(joined.any())
     assert joined_any  # some patch joined a kept token, and the provenance says so
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layers=st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True).map(sorted),
+    first_window=st.integers(1, 3),
+    keep_rate=st.sampled_from([0.25, 0.5, 0.7, 0.9]),
+    features=st.sampled_from(["hidden_states", "keys"]),
+    proportional=st.booleans(),
+    size=st.sampled_from([(64, 64), (48, 80)]),
+    seed=st.integers(0, 2**16),
+)
+def test_nearest_merge_provenance_carries_every_patch_once(layers, first_window, keep_rate, features, proportional,
+                                                           size, seed):
+    """Generated schedules, image sizes and weights: after every stage each patch is in exactly one token, none is
+    dropped, the kept patches are the kept tokens, and each token holds as many patches as the size the model
+    weighs it by."""
+    windows = (first_window,) + (1,) * (len(layers) - 1)
+    try:
+        config = tiny_config(low_frequency_merge="nearest", merge_features=features,
+                             proportional_attention=proportional, reduction_layers=tuple(layers),
+                             dc_window_sizes=windows, keep_rate=keep_rate)
+        torch.manual_seed(seed)
+        model = FreqViTForImageClassification(config).eval()
+        pixels = torch.randn(2, 3, *size)
+        states = stage_states(model, pixels, interpolate_pos_encoding=True)
+    except ValueError as error:  # a schedule this grid cannot take is refused by name
+        assert "keep_rate" in str(error) or "dc_window_sizes" in str(error) or "reduction_layers" in str(error)
+        assume(False)
+    with torch.no_grad():
+        provenance = model(pixels, interpolate_pos_encoding=True, output_token_provenance=True).token_provenance
+    for stage, state in zip(provenance, states, strict=True):
+        assert not stage.dropped.any() and torch.all(stage.kept ^ stage.merged)
+        assert torch.all(stage.kept.sum(1) == stage.num_kept)
+        counts = torch.zeros(2, 1 + stage.num_kept + state.num_merged).scatter_add_(
+            1, stage.patch_to_token, torch.ones_like(stage.patch_to_token, dtype=torch.float))
+        counts[:, 0] = 1  # CLS
+        torch.testing.assert_close(counts, state.token_sizes())
 
 
 def test_preset_is_fine_tunable_and_survives_save_and_load(tmp_path):
