@@ -77,16 +77,20 @@ def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> N
     )
 
 
-def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-rate", type=keep_rate, default=0.7, help="share of tokens kept at each reduction layer")
-    parser.add_argument("--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce (default 3 6 9)")
-    parser.add_argument("--dc-window-sizes", type=int, nargs="+", help="freq: DC windows per reduction layer (default 2 1 1)")
-    parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", choices=FREQ_PRESETS, default="paper",
         help="freq: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model without training: nearest "
         "merge, proportional attention; docs/training_free.md)",
     )
+
+
+def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-rate", type=keep_rate, default=0.7, help="share of tokens kept at each reduction layer")
+    parser.add_argument("--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce (default 3 6 9)")
+    parser.add_argument("--dc-window-sizes", type=int, nargs="+", help="freq: DC windows per reduction layer (default 2 1 1)")
+    parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
+    add_preset_argument(parser)
     parser.add_argument(
         "--score-source", choices=("attention", "logits"), default="attention",
         help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)",
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods to analyse. One or more of: {', '.join(REDUCTION_METHODS[1:])}",
     )
     analyze.add_argument("--keep-rates", type=keep_rate, nargs="+", default=[0.5, 0.7, 0.9], help="keep rates")
+    add_preset_argument(analyze)
     analyze.add_argument("--output", required=True, help="folder for report.json, report.md and the figures")
     return parser
 

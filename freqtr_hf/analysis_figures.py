@@ -286,7 +286,8 @@ def write_markdown(report: dict, figures: dict[str, str], output_dir: Path) -> P
         "",
         f"Model `{run['model']}`; data {data}; methods {', '.join(run['methods'])}; keep rates "
         f"{', '.join(f'{r:g}' for r in run['keep_rates'])}; reduction after blocks {run['reduction_layers']} "
-        f"(0-based); {run['device']}.",
+        f"(0-based); {run['device']}."
+        + (f" `freq` runs with the `{run['freq_preset']}` preset." if run.get("freq_preset", "paper") != "paper" else ""),
         "",
         "## Findings",
         "",

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from .analysis_figures import write_figures, write_markdown
-from .configuration_freqvit import REDUCTION_METHODS, FreqViTConfig
+from .configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
 from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images
 from .fingerprint import mismatch, model_digest, value_digest
@@ -670,11 +670,13 @@ def run_analysis(
     device: str = "auto",
     batch_size: int = 32,
     options: AnalysisOptions | None = None,
+    preset: str = "paper",
 ) -> dict:
     """Run the unreduced model, every method at every keep rate and the noise test over each data set once,
     then write `output/report.json`, the figures and `output/report.md`. Returns the report dict.
 
     `every`: take every N-th image (files sorted by path), one number for all data sets or one per data set.
+    `preset`: `freq`'s options by name (`FREQ_PRESETS`: the paper's method, or `TRAINING_FREE_FREQ`).
 
     Each job's statistics are cached under `output/cache/` with a fingerprint; a re-run reuses matching caches,
     and an interrupted run resumes after its last checkpoint.
@@ -690,8 +692,9 @@ def run_analysis(
     models = {"none": FreqViTForImageClassification.from_pretrained(model, reduction_method="none")}
     for job in jobs:
         if not job.noise and job.method != "none":
+            options_of_method = FREQ_PRESETS[preset] if job.method == "freq" else {}
             models[job.label] = FreqViTForImageClassification.from_pretrained(
-                model, reduction_method=job.method, keep_rate=job.keep_rate
+                model, reduction_method=job.method, keep_rate=job.keep_rate, **options_of_method
             )
     for module in models.values():
         module.to(target).eval()
@@ -722,7 +725,7 @@ def run_analysis(
                  batch_size)
         data_info[name] = {"path": path, "every": step, "images": len(dataset),
                            "labelled_classes": sum(1 for i in label_of if i >= 0)}
-    run = {"model": model, "data": data_info, "synsets": synsets, "methods": methods,
+    run = {"model": model, "data": data_info, "synsets": synsets, "methods": methods, "freq_preset": preset,
            "keep_rates": keep_rates, "reduction_layers": list(config.reduction_layers),
            "noise": {**options.noise_settings(list(noise_layers)), "sets": list(NOISE_SETS)},
            "batch_size": batch_size, "device": describe(target)}

@@ -122,7 +122,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     every = args.every[0] if len(args.every) == 1 else args.every
     run_analysis(
         args.model, args.data, args.methods, args.keep_rates, args.output, every=every, synsets=args.synsets,
-        device=args.device, batch_size=args.batch_size,
+        device=args.device, batch_size=args.batch_size, preset=args.preset,
     )
     print(f"freqtr-hf analyze: wrote {Path(args.output) / 'report.md'}")
     return 0

@@ -96,7 +96,7 @@ def token_set_similarity(
 ) -> torch.Tensor:
     """Similarity with the DC signal at one reduction: the mean cosine similarity to the layer's mean token of the
     kept (high-frequency) candidates, of the candidates merged away (low-frequency), and of the new merged (DC)
-    tokens. The mean token is the patch-count-weighted mean of the non-CLS input tokens, i.e. the zero-frequency
+    tokens that hold patches. The mean token is the patch-count-weighted mean of the non-CLS input tokens, i.e. the zero-frequency
     component of the layer's patch grid.
 
     hidden_states (B, n, C) and `tokens`: a reducer's input; reduced (B, n', C) and `reduced_tokens`: its output.
@@ -110,7 +110,8 @@ def token_set_similarity(
     high = (similarity * kept).sum(1) / kept.sum(1).clamp_min(1)
     low = (similarity * (1 - kept)).sum(1) / (1 - kept).sum(1).clamp_min(1)
     merged = reduced[:, 1 + reduced_tokens.num_candidates :].float()
-    dc = torch.nn.functional.cosine_similarity(merged, mean, dim=-1).mean(1)
+    holds = (reduced_tokens.merged_sizes > 0).float()  # an empty DC token (a window nobody chose) holds nothing
+    dc = (torch.nn.functional.cosine_similarity(merged, mean, dim=-1) * holds).sum(1) / holds.sum(1).clamp_min(1)
     return torch.stack([high, low, dc], dim=1)
 
 

@@ -140,6 +140,10 @@ def test_token_set_similarity_known_values():
     reduced = torch.cat([hidden[:, :3], hidden[:, 3:].mean(1, keepdim=True)], dim=1)
     high, low, dc = token_set_similarity(hidden, tokens, reduced, reduced_tokens)[0].tolist()
     assert high == pytest.approx(1 / math.sqrt(2)) and low == pytest.approx(1.0) and dc == pytest.approx(1.0)
+    # a second, empty DC token (a window nobody chose, as with the nearest merge) does not count
+    with_empty = torch.cat([reduced, torch.tensor([[[-1.0, -1.0]]])], dim=1)
+    empty_tokens = replace(reduced_tokens, merged_sizes=torch.tensor([[2.0, 0.0]]))
+    assert token_set_similarity(hidden, tokens, with_empty, empty_tokens)[0, 2].item() == pytest.approx(1.0)
 
 
 def test_evit_kept_patches_are_the_top_cls_attention_candidates():

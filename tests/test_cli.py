@@ -268,6 +268,11 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
                  "--batch-size", "4"]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {"accuracy", "log_amplitude", "depth_maps", "cka"} <= set(report)
+    assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
+                 "--keep-rates", "0.5", "--output", str(tmp_path / "preset"), "--device", "cpu", "--batch-size", "4",
+                 "--preset", "training_free"]) == 0
+    assert json.loads((tmp_path / "preset" / "report.json").read_text())["run"]["freq_preset"] == "training_free"
+    assert "`freq` runs with the `training_free` preset." in (tmp_path / "preset" / "report.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "1", "2",
                  "--output", str(tmp_path / "report")]) == 2
     assert "--every" in capsys.readouterr().err
