@@ -19,7 +19,7 @@ import time
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.devices import describe, resolve_device, resolve_dtype
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
 
@@ -29,6 +29,7 @@ VARIANTS = {
     "freqvit-off": dict(reduction_method="none"),
     "freq": dict(reduction_method="freq"),
     "freq-logits": dict(reduction_method="freq", score_source="logits"),
+    "freq-training-free": dict(reduction_method="freq", **TRAINING_FREE_FREQ),
     "topk": dict(reduction_method="topk"),
     "evit": dict(reduction_method="evit"),
     "tome": dict(reduction_method="tome"),

@@ -100,7 +100,8 @@ class FrequencyReducer(TokenReducer):
             scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
         scores = scores[:, 1 : 1 + num_candidates]
         keep_idx, low_idx = split_by_score(scores, self.stage.kept(num_candidates))
-        candidates = hidden_states[:, 1 : 1 + num_candidates]
+        # sequence positions: gathering from the whole sequence copies no slice of it
+        keep_at, low_at = 1 + keep_idx, 1 + low_idx
         candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]
         low_windows = candidate_windows.gather(1, low_idx)
         old_dc, old_dc_windows = None, None
@@ -109,24 +110,22 @@ class FrequencyReducer(TokenReducer):
             old_dc_windows = window_transfer(
                 tokens.grid, self.previous_stage.window_size, window_size, hidden_states.device
             )
-        low = gather_tokens(candidates, low_idx)
+        low = gather_tokens(hidden_states, low_at)
         candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
         low_sizes, kept_sizes = candidate_sizes.gather(1, low_idx), None
-        destinations = None
+        destinations, kept = None, None
         if self.merge_nearest:
             # compare in feature space with the DC token the paper's rule would make for the window
-            features = (maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states)[:, 1:]
+            features = maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states
+            low_features = gather_tokens(features, low_at)
             centres, _ = self.dc_means(
-                gather_tokens(features, low_idx), low_windows, low_sizes,
-                features[:, num_candidates:] if tokens.num_merged else None, tokens, old_dc_windows,
+                low_features, low_windows, low_sizes,
+                features[:, 1 + num_candidates :] if tokens.num_merged else None, tokens, old_dc_windows,
             )
-            destinations = nearest_destinations(
-                gather_tokens(features, low_idx), gather_tokens(features, keep_idx), centres, low_windows
-            )
+            destinations = nearest_destinations(low_features, gather_tokens(features, keep_at), centres, low_windows)
             kept, kept_sizes = absorb_into_kept_tokens(
-                gather_tokens(candidates, keep_idx), candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
+                gather_tokens(hidden_states, keep_at), candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
             )
-            hidden_states = hidden_states.scatter(1, 1 + keep_idx[..., None].expand_as(kept), kept)
             low_sizes = torch.where(destinations >= 0, 0.0, low_sizes)  # those joined no longer reach the DC
         dc_tokens, dc_sizes = self.dc_means(low, low_windows, low_sizes, old_dc, tokens, old_dc_windows)
         if self.dc_position_embeddings is not None:
@@ -147,7 +146,7 @@ class FrequencyReducer(TokenReducer):
             key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes, dc_sizes], dim=1)
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target, join_target,
-            key_weights=key_weights, kept_sizes=kept_sizes,
+            key_weights=key_weights, kept_sizes=kept_sizes, kept_tokens=kept,
         )
 
 
@@ -292,7 +291,7 @@ class KMedoidsReducer(TokenReducer):
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
         token_sizes = tokens.token_sizes()[:, 1:]
         sizes = torch.zeros_like(token_sizes).scatter_add_(1, assignment, token_sizes)[:, :num_clusters]
-        merged = gather_tokens(tokens_in, medoids)
+        merged = gather_tokens(hidden_states, 1 + medoids)
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 

@@ -176,6 +176,7 @@ class TokenState:
         valid: torch.BoolTensor | None = None,
         key_weights: torch.Tensor | None = None,
         kept_sizes: torch.Tensor | None = None,
+        kept_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, "TokenState"]:
         """Build `[CLS, kept tokens, merged tokens]` and the state that goes with it.
 
@@ -186,8 +187,10 @@ class TokenState:
             (kept or dropped); join_target: (B, n) the kept token (0 … k-1) it joined, or -1. Only read when
             provenance is tracked.
         valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
+        kept_tokens: (B, k, C) the kept tokens as the reducer changed them (tokens merged into them), or None: as
+            they are in `hidden_states`.
         """
-        kept = gather_tokens(hidden_states[:, 1:], keep_idx)
+        kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, 1 + keep_idx)
         parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)
         patch_ids = self.patch_ids
