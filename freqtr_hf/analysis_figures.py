@@ -242,7 +242,8 @@ def correlation_figure(report: dict, output_dir: Path) -> str:
         ax.set_xlabel(f"depth-map Pearson with {reference}")
         ax.set_ylabel(f"top-1 − {reference} top-1 (points)")
         ax.axhline(0, color="grey", lw=0.5)
-    axes[0][-1].legend(fontsize=6)
+    if references:  # none when the run has no reference method (Top-K, K-Medoids) to compare with
+        axes[0][-1].legend(fontsize=6)
     return _save(fig, output_dir, "correlations.png")
 
 
