@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from methods import add_shared_data_arguments, check_shared_data_arguments, matched_tome_r  # noqa: E402
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
-from freqtr_hf.fingerprint import value_digest  # noqa: E402
+from freqtr_hf.fingerprint import slug, value_digest  # noqa: E402
 from freqtr_hf.evaluation import (  # noqa: E402
     EvaluationState, build_models, compare_methods, label_mapping, load_images, run_fingerprint,
 )
@@ -155,8 +155,7 @@ def main() -> None:
             batch_size=args.batch_size, tables=args.table, keep_rates=args.keep_rates,
             row_configs=value_digest({key: model.config.to_diff_dict() for key, model in models.items()}),
         )
-        slug = "".join(c if c.isalnum() else "_" for c in str(Path(data).resolve()).strip("/"))
-        state_file = str(Path(args.state_dir) / f"{slug}.json")
+        state_file = str(Path(args.state_dir) / f"{slug(str(Path(data).resolve()).strip('/'))}.json")
         try:
             results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size,
                                          state_file=state_file, fingerprint=fingerprint, restart=args.restart)

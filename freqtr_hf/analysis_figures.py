@@ -9,12 +9,10 @@ matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .fingerprint import slug  # noqa: E402
+
 
 NOISE_LABELS = {"clean": "clean", "lf": "LF noise", "random": "random noise", "hf": "HF noise"}
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
 def _methods(report: dict) -> list[str]:
@@ -120,7 +118,7 @@ def similarity_figure(report: dict, name: str, output_dir: Path) -> str:
         _heatmap(axes[row][3], [[cka["matrix"][i][j] for j in picked] for i in picked], ["none", *methods],
                  f"CLS-feature linear CKA, keep {rate:g}", 0, 1)
     fig.suptitle(name)
-    return _save(fig, output_dir, f"similarity_{_slug(name)}.png")
+    return _save(fig, output_dir, f"similarity_{slug(name)}.png")
 
 
 def settings_figure(report: dict, output_dir: Path) -> str:

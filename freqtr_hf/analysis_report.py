@@ -28,7 +28,7 @@ from .analysis_figures import write_figures, write_markdown
 from .configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
 from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images
-from .fingerprint import mismatch, model_digest, value_digest
+from .fingerprint import mismatch, model_digest, slug, value_digest
 from .frequency_analysis import (
     NOISE_SETS,
     add_token_noise,
@@ -135,10 +135,6 @@ def data_set_names(data: list[str]) -> list[str]:
     return names
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
-
-
 def _write_atomically(path: Path, write) -> None:
     """`write(temporary_path)`, then rename, so an interruption never leaves a half-written file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -151,8 +147,8 @@ class JobCache:
     (summed over images), saved as `<job>.npz` beside `<job>.json` (fingerprint, images done, stage layout)."""
 
     def __init__(self, folder: Path, job: Job, fingerprint: dict):
-        self.arrays_path = folder / f"{_slug(job.label)}.npz"
-        self.meta_path = folder / f"{_slug(job.label)}.json"
+        self.arrays_path = folder / f"{slug(job.label)}.npz"
+        self.meta_path = folder / f"{slug(job.label)}.json"
         self.fingerprint = fingerprint
         self.done, self.complete, self.stages = 0, False, []
         self.parts: dict[str, list[np.ndarray]] = {}
@@ -715,7 +711,7 @@ def run_analysis(
             settings = (options.noise_settings(noise_layers) if job.noise
                         else {k: v for k, v in models[job.label].config.to_dict().items() if k != "transformers_version"})
             fingerprint = {**base, "job": job.label, "settings": value_digest(settings)}
-            caches[name][job.label] = JobCache(output_dir / "cache" / _slug(name), job, fingerprint)
+            caches[name][job.label] = JobCache(output_dir / "cache" / slug(name), job, fingerprint)
         reused = sum(cache.complete for cache in caches[name].values())
         print(f"{name}: {len(dataset)} images, {reused}/{len(jobs)} models cached")
         for label, cache in caches[name].items():

@@ -20,6 +20,11 @@ def file_digest(path: str | os.PathLike) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def slug(text: str) -> str:
+    """`text` as a file name: letters, digits and `-_.@` kept, anything else (a path's `/`) turned into `_`."""
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
+
+
 def value_digest(value) -> str:
     """A short SHA-256 of a JSON value (keys sorted, other types by `str`): a fingerprint field for settings too
     large to compare field by field."""
