@@ -148,9 +148,9 @@ def model_card(
     sections = [
         f"# {repo}",
         f"`{public_name(base_model)}` with **{method}** token reduction ({method_summary(config)}), {how}. "
-        f"{'The method' if method == 'freq' else 'A baseline of'}: Lee et al., *Frequency-Aware Token Reduction for "
-        "Efficient Vision Transformer*, NeurIPS 2025 ([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); the "
-        "model was made with freqtr-hf.",
+        f"{'The method' if method == 'freq' else 'Compared as a baseline in'}: Lee et al., *Frequency-Aware Token "
+        "Reduction for Efficient Vision Transformer*, NeurIPS 2025 ([arXiv:2511.21477](https://arxiv.org/abs/2511.21477)); "
+        "the model was made with freqtr-hf.",
         _reduction_table(config),
         _results_section(results, macs, eval_data, eval_every, eval_split),
     ]

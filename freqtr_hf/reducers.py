@@ -135,9 +135,9 @@ class FrequencyReducer(TokenReducer):
             merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=hidden_states.device)
             low_targets = low_windows
             if destinations is not None:  # a token that joined a kept token is in no DC token
-                join_target = merge_target.scatter(1, 1 + low_idx, destinations)
+                join_target = merge_target.scatter(1, low_at, destinations)
                 low_targets = torch.where(destinations >= 0, -1, low_windows)
-            merge_target.scatter_(1, 1 + low_idx, low_targets)
+            merge_target.scatter_(1, low_at, low_targets)
             if tokens.num_merged:
                 merge_target[:, 1 + num_candidates :] = old_dc_windows
         key_weights = None

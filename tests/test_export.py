@@ -115,7 +115,7 @@ def test_bad_requests_are_refused_naming_the_problem(tiny_base, tmp_path, reduct
 def test_per_layer_tome_exports_with_its_token_counts(tiny_base, tmp_path):
     folder = export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), {"reduction_method": "tome", "tome_r": 8})
     card = ModelCard.load(folder / "README.md")
-    assert "A baseline of: Lee et al." in card.text  # the paper is not ToMe's source
+    assert "Compared as a baseline in: Lee et al." in card.text  # the paper is not ToMe's source
     assert "| `tome_r` | 8 tokens merged in every block |" in card.text
     assert "| `tokens` | 65 → 57 → 49 → 41 → 33 |" in card.text
 
