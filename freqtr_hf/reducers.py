@@ -140,13 +140,9 @@ class FrequencyReducer(TokenReducer):
             merge_target.scatter_(1, low_at, low_targets)
             if tokens.num_merged:
                 merge_target[:, 1 + num_candidates :] = old_dc_windows
-        key_weights = None
-        if self.proportional_attention:
-            sizes = kept_sizes if kept_sizes is not None else candidate_sizes.gather(1, keep_idx)
-            key_weights = torch.cat([torch.ones_like(sizes[:, :1]), sizes, dc_sizes], dim=1)
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target, join_target,
-            key_weights=key_weights, kept_sizes=kept_sizes, kept_tokens=kept,
+            kept_sizes=kept_sizes, kept_tokens=kept, proportional_attention=self.proportional_attention,
         )
 
 
@@ -268,10 +264,9 @@ class ToMeReducer(TokenReducer):
                 hidden_states[:, 1:], keys[:, 1:], sizes[:, 1:], self.stage.kept(hidden_states.shape[1] - 1)
             )
         merge_target = _merge_target(tokens, hidden_states.shape[1], positions, first=1)
-        key_weights = torch.cat([torch.ones_like(new_sizes[:, :1]), new_sizes], dim=1)
         return tokens.reduce(
             self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, new_sizes, merge_target,
-            key_weights=key_weights,
+            proportional_attention=True,
         )
 
 

@@ -58,14 +58,11 @@ def window_transfer(
     A constant per grid: computed once and cached (callers must not modify it).
     """
     rows, cols = grid
-    old_windows = window_index(grid, old_size)
-    patch_rows = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)
-    patch_cols = torch.arange(cols, dtype=torch.float64).repeat(rows)
-    counts = torch.bincount(old_windows, minlength=old_size**2).double()
-    centre_rows = torch.zeros(old_size**2, dtype=torch.float64).index_add_(0, old_windows, patch_rows) / counts
-    centre_cols = torch.zeros(old_size**2, dtype=torch.float64).index_add_(0, old_windows, patch_cols) / counts
-    new_rows = (centre_rows * new_size / rows).floor().long()
-    new_cols = (centre_cols * new_size / cols).floor().long()
+    # a membership matrix, not a scatter: inductor's CPU code for a float64 scatter-add fails on 14 x 14 grids
+    members = (window_index(grid, old_size) == torch.arange(old_size**2)[:, None]).double()  # (old_size², P)
+    positions = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1)
+    centres = members @ positions.reshape(-1, 2).double() / members.sum(1, keepdim=True)  # (old_size², 2) row, col
+    new_rows, new_cols = (centres * new_size / torch.tensor([rows, cols])).floor().long().unbind(-1)
     return (new_rows * new_size + new_cols).to(device)
 
 

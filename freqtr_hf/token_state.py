@@ -177,6 +177,7 @@ class TokenState:
         key_weights: torch.Tensor | None = None,
         kept_sizes: torch.Tensor | None = None,
         kept_tokens: torch.Tensor | None = None,
+        proportional_attention: bool = False,
     ) -> tuple[torch.Tensor, "TokenState"]:
         """Build `[CLS, kept tokens, merged tokens]` and the state that goes with it.
 
@@ -189,7 +190,18 @@ class TokenState:
         valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
         kept_tokens: (B, k, C) the kept tokens as the reducer changed them (tokens merged into them), or None: as
             they are in `hidden_states`.
+        proportional_attention: every token weighs as many attention keys as the patches it stands for (CLS 1):
+            the key weights are made here from the sizes (in place of `key_weights`).
         """
+        if proportional_attention:
+            sizes = kept_sizes if kept_sizes is not None else self.token_sizes()[:, 1:].gather(1, keep_idx)
+            parts = [sizes.new_ones(sizes.shape[0], 1), sizes] + ([merged_sizes] if merged_sizes is not None else [])
+            key_weights = torch.cat(parts, dim=1)
+            # the state keeps slices of the weights, not the tensors concatenated: inductor (torch 2.13) can free
+            # a concatenation's buffer while a tensor it wrote there is still in use (ToMe's sizes, next stage)
+            num_kept = keep_idx.shape[1]
+            kept_sizes = key_weights[:, 1 : 1 + num_kept] if kept_sizes is not None else None
+            merged_sizes = key_weights[:, 1 + num_kept :] if merged_sizes is not None else None
         kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, 1 + keep_idx)
         parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)

@@ -1,11 +1,13 @@
 """Mechanics of the model classes on tiny random configs."""
 
+import shutil
+
 import pytest
 import torch
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
-from freqtr_hf import FreqViTForImageClassification, FreqViTModel
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, FreqViTModel
 from freqtr_hf.modeling_freqvit import FreqViTAttention
 from freqtr_hf.reduction_frequency import window_index
 
@@ -176,6 +178,23 @@ def test_torch_compile_fullgraph():
     with torch.no_grad():
         expected = model(pixels).logits
         compiled = torch.compile(model, fullgraph=True, backend="eager")(pixels).logits
+    torch.testing.assert_close(compiled, expected)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
+@pytest.mark.parametrize("method", ["freq", "tome"])
+def test_torch_compile_inductor_on_deit_layout(method):
+    """Compiled by inductor, not only traced, in DeiT's layout (224 px, 14 x 14 patches, the default schedule) at a
+    small width. Inductor once failed on `freq`'s window transfer there, and once freed the buffer of ToMe's token
+    sizes while the next stage still read it."""
+    config = FreqViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=10,
+                           reduction_method=method)
+    model = FreqViTForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        compiled = torch.compile(model, fullgraph=True)(pixels).logits
     torch.testing.assert_close(compiled, expected)
 
 
