@@ -2,14 +2,19 @@
 
     python benchmarks/speed.py [--device auto|cpu|cuda] [--sizes small base] [--batch-sizes 1 32]
         [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory]
+    python benchmarks/speed.py --sizes overhead small --batch-sizes 1
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
 median over rounds of the ratio within a round (ViT's time / the model's time), so each ratio pairs timings taken
 seconds apart on a noisy machine; it is also given as a share of the MAC ratio. `free-cut` is ViT cut to `freq`'s
 token counts by slicing, a reduction that costs nothing: its share is the ceiling that the smaller matmuls set for
-any method at this batch size. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile` (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and
-the default FreqViT. `--training-memory` measures the activations a training step keeps for backward (batch 64),
-with and without reduction. Attention runs on sdpa.
+any method at this batch size. Each line gives the median milliseconds per forward and the aten operations one
+forward dispatches; `--sizes overhead` (width 8, one head) leaves only each op's fixed cost, the part of the time
+that no token cut removes. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile`
+(default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT, the default FreqViT and `free-cut`, timed
+against the compiled ViT. `--training-memory`
+measures the activations a training step keeps for backward (batch 64), with and without reduction. Attention runs
+on sdpa.
 """
 
 import argparse
@@ -24,6 +29,8 @@ from freqtr_hf.devices import describe, resolve_device, resolve_dtype
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
+# not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost
+SHAPES = {**DEIT_SHAPES, "overhead": (8, 1)}
 # name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
 VARIANTS = {
     "freqvit-off": dict(reduction_method="none"),
@@ -64,7 +71,7 @@ class FreeReduction(torch.nn.Module):
 
 def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
     """ViT and each FreqViT variant, sharing one set of random weights, with their MACs."""
-    width, heads = DEIT_SHAPES[size]
+    width, heads = SHAPES[size]
     shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width, num_labels=1000)
     vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
     models = {"vit": (vit, count_macs(vit.config))}
@@ -78,6 +85,30 @@ def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tup
         model.load_state_dict(vit.state_dict(), strict=False)
         models[name] = (model, count_macs(config))
     return {name: (model.to(device=device, dtype=dtype), macs) for name, (model, macs) in models.items()}
+
+
+def shape_title(size: str) -> str:
+    return "width 8, one head (per-op overhead)" if size == "overhead" else f"DeiT-{size[0].upper()} shapes"
+
+
+def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
+    """How many aten operations one forward dispatches (after a warm-up call, so cached constants are not counted):
+    at batch 1 on a CPU each costs a few microseconds whatever its size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = Counter()
+    with torch.inference_mode():
+        model(pixels)
+        with counter:
+            model(pixels)
+    return counter.count
 
 
 def synchronize(device: torch.device) -> None:
@@ -108,27 +139,34 @@ def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -
     return times, peaks
 
 
-def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int) -> None:
+def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, ops: dict | None = None) -> None:
+    """One line per model; `ops`: aten operations per forward, by model (see `aten_ops_per_forward`)."""
     vit_macs = models["vit"][1]
     print(f"\n{title}")
-    print(f"{'model':<16} {'GMACs':>6} {'img/s':>9} {'speed-up':>9} {'MAC ratio':>10} {'share':>7} {'peak MiB':>9}")
+    print(f"{'model':<20} {'GMACs':>6} {'img/s':>9} {'ms':>8} {'speed-up':>9} {'MAC ratio':>10} {'share':>7} "
+          f"{'peak MiB':>9} {'ops':>5}")
     for name, (_, macs) in models.items():
         speedup = statistics.median(v / t for v, t in zip(times["vit"], times[name]))
         mac_ratio = vit_macs / macs
         peak = f"{peaks[name] / 2**20:9.0f}" if peaks.get(name) is not None else f"{'-':>9}"
-        print(f"{name:<16} {macs / 1e9:>6.2f} {batch_size / statistics.median(times[name]):>9.1f} {speedup:>8.2f}x "
-              f"{mac_ratio:>9.2f}x {100 * speedup / mac_ratio:>6.0f}% {peak}")
+        count = f"{ops[name]:>5}" if ops else f"{'-':>5}"
+        print(f"{name:<20} {macs / 1e9:>6.2f} {batch_size / statistics.median(times[name]):>9.1f} "
+              f"{1e3 * statistics.median(times[name]):>8.2f} {speedup:>8.2f}x {mac_ratio:>9.2f}x "
+              f"{100 * speedup / mac_ratio:>6.0f}% {peak} {count}")
 
 
-def compiled_variants(models: dict, device) -> dict:
-    """ViT and the default FreqViT under torch.compile: default mode, and on CUDA reduce-overhead (CUDA graphs)."""
+def compiled_variants(models: dict, device) -> dict[str, dict]:
+    """Per torch.compile mode (default; on CUDA also reduce-overhead, CUDA graphs): ViT, the default FreqViT and
+    `free-cut` (when timed) compiled, with eager ViT beside them. Speed-ups are against the compiled ViT."""
     modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
-    out = {"vit": models["vit"]}
-    for mode in modes:
-        for name in ("vit", "freq"):
-            model, macs = models[name]
-            out[f"{name}/{mode}"] = (torch.compile(model, mode=mode, fullgraph=True), macs)
-    return out
+    names = [name for name in ("vit", "freq", FREE_REDUCTION) if name in models]
+    return {
+        mode: {
+            **{name: (torch.compile(models[name][0], mode=mode, fullgraph=True), models[name][1]) for name in names},
+            "vit (eager)": models["vit"],
+        }
+        for mode in modes
+    }
 
 
 def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -158,7 +196,8 @@ def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=DEIT_SHAPES)
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=SHAPES,
+                        help="DeiT shapes, or 'overhead': width 8, one head, where only the per-op cost is left")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=int, default=7)
@@ -176,17 +215,18 @@ def main() -> None:
             for batch_size in args.batch_sizes:
                 pixels = torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
-                report(f"DeiT-{size[0].upper()} shapes, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size)
+                ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
+                report(f"{shape_title(size)}, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size, ops)
                 if args.compile and "freq" in models:
-                    compiled = compiled_variants(models, device)
-                    times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
-                    report(f"  torch.compile, DeiT-{size[0].upper()}, {dtype_name}, batch {batch_size}", compiled, times,
-                           peaks, batch_size)
+                    for mode, compiled in compiled_variants(models, device).items():
+                        times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
+                        report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
+                               "against compiled ViT", compiled, times, peaks, batch_size)
             if args.training_memory and "freq" in models:
                 pixels = torch.randn(64, 3, 224, 224, device=device, dtype=dtype)
                 vit_bytes = saved_activation_bytes(models["vit"][0], pixels)
                 freq_bytes = saved_activation_bytes(models["freq"][0], pixels)
-                print(f"\ntraining step, DeiT-{size[0].upper()}, {dtype_name}, batch 64: activations kept for backward "
+                print(f"\ntraining step, {shape_title(size)}, {dtype_name}, batch 64: activations kept for backward "
                       f"ViT {vit_bytes / 2**30:.2f} GiB, FreqViT {freq_bytes / 2**30:.2f} GiB "
                       f"(ratio {vit_bytes / freq_bytes:.2f}x)")
 

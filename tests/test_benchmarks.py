@@ -1,4 +1,4 @@
-"""The benchmarks' own pieces: the speed benchmark's zero-cost reduction and a short run; the training-free
+"""The benchmarks' own pieces: the speed benchmark's zero-cost reduction, op count and a short run; the training-free
 benchmark's paired test, and a short run that resumes and refuses another run's state."""
 
 import subprocess
@@ -13,7 +13,7 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from speed import FreeReduction  # noqa: E402
+from speed import FreeReduction, aten_ops_per_forward, build_models  # noqa: E402
 from training_free import paired_test  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
@@ -42,6 +42,14 @@ def test_the_speed_benchmark_prints_every_model():
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
     rows = {line.split()[0] for line in printed.splitlines() if line and line.split()[0] in ("vit", "freq", "free-cut")}
     assert rows == {"vit", "freq", "free-cut"}
+
+
+def test_the_op_count_is_per_forward_and_counts_the_reduction_work():
+    models = build_models("overhead", ["freqvit-off", "freq", "free-cut"], torch.device("cpu"), torch.float32)
+    pixels = torch.randn(1, 3, 224, 224)
+    counts = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
+    assert counts["free-cut"] < counts["vit"] <= counts["freqvit-off"] < counts["freq"]
+    assert aten_ops_per_forward(models["freq"][0], pixels) == counts["freq"]  # the same every call: nothing cached
 
 
 def test_the_paired_test_counts_the_images_where_only_one_is_right():
