@@ -143,11 +143,11 @@ class TokenState:
 
     def token_sizes(self) -> torch.Tensor:
         """(B, n): original patches per token; CLS counts 1."""
-        sizes = [torch.ones(self.patch_ids.shape[0], 1, device=self.patch_ids.device)]
-        if self.candidate_sizes is None:
-            sizes[0] = torch.ones(self.patch_ids.shape[0], 1 + self.num_candidates, device=self.patch_ids.device)
+        batch, device = self.patch_ids.shape[0], self.patch_ids.device
+        if self.candidate_sizes is None:  # CLS and candidates that are one patch each
+            sizes = [torch.ones(batch, 1 + self.num_candidates, device=device)]
         else:
-            sizes.append(self.candidate_sizes)
+            sizes = [torch.ones(batch, 1, device=device), self.candidate_sizes]
         if self.merged_sizes is not None:
             sizes.append(self.merged_sizes)
         return torch.cat(sizes, dim=1) if len(sizes) > 1 else sizes[0]
