@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # the hook that sees every aten op, as FlopCounterMode
 from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
@@ -88,13 +89,13 @@ def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tup
 
 
 def shape_title(size: str) -> str:
+    """How a report names a `--sizes` entry."""
     return "width 8, one head (per-op overhead)" if size == "overhead" else f"DeiT-{size[0].upper()} shapes"
 
 
 def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
-    """How many aten operations one forward dispatches (after a warm-up call, so cached constants are not counted):
-    at batch 1 on a CPU each costs a few microseconds whatever its size."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """How many aten operations one forward of `pixels` (B, 3, H, W) dispatches, after a warm-up call so that cached
+    constants are not counted. At batch 1 on a CPU each costs a few microseconds whatever its size."""
 
     class Counter(TorchDispatchMode):
         count = 0

@@ -58,13 +58,20 @@ def window_transfer(
     A constant per grid: computed once and cached (callers must not modify it).
     """
     rows, cols = grid
-    # a membership matrix, not a scatter: inductor's CPU code for a float64 scatter-add fails on 14 x 14 grids
-    members = (window_index(grid, old_size) == torch.arange(old_size**2)[:, None]).double()  # (old_size², P)
-    positions = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1)
-    # (old_size², 2) row, col; summed products, not a matmul, which a FLOP counter would take for model work
-    centres = (members[..., None] * positions.reshape(-1, 2)).sum(1) / members.sum(1)[:, None]
-    new_rows, new_cols = (centres * new_size / torch.tensor([rows, cols])).floor().long().unbind(-1)
-    return (new_rows * new_size + new_cols).to(device)
+    # integer sums over a membership matrix on the target device: exact, and no scatter-add (inductor's CPU code
+    # for one fails on 14 x 14 grids), no float64 and no host tensor in a compiled graph
+    windows = torch.arange(old_size**2, device=device)
+    members = (window_index(grid, old_size, device) == windows[:, None]).long()  # (old_size², P)
+    positions = torch.stack(
+        torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij"), -1
+    ).reshape(-1, 2)  # (P, 2) row, col
+    sums = (members[..., None] * positions).sum(1)  # (old_size², 2)
+    extent = torch.tensor([rows, cols], device=device)
+    # ⌊centre · new_size / extent⌋ with centre = sum / count, in integers; an empty window (one wider than the
+    # grid, which the schedule check refuses) counts 1
+    counts = members.sum(1, keepdim=True).clamp_min(1)
+    new_rows, new_cols = (sums * new_size // (counts * extent)).unbind(-1)
+    return new_rows * new_size + new_cols
 
 
 def merge_into_dc_tokens(

@@ -193,13 +193,21 @@ class TokenState:
         proportional_attention: every token weighs as many attention keys as the patches it stands for (CLS 1):
             the key weights are made here from the sizes (in place of `key_weights`).
         """
+        batch, length = hidden_states.shape[:2]
+        num_kept = keep_idx.shape[1]
         if proportional_attention:
-            sizes = kept_sizes if kept_sizes is not None else self.token_sizes()[:, 1:].gather(1, keep_idx)
-            parts = [sizes.new_ones(sizes.shape[0], 1), sizes] + ([merged_sizes] if merged_sizes is not None else [])
-            key_weights = torch.cat(parts, dim=1)
+            if key_weights is not None:
+                raise ValueError("key_weights: give them or proportional_attention, not both")
+            sizes = [hidden_states.new_ones(batch, 1, dtype=torch.float32)]  # CLS
+            if kept_sizes is not None:
+                sizes.append(kept_sizes)
+            elif num_kept:
+                sizes.append(self.token_sizes()[:, 1:].gather(1, keep_idx))
+            if merged_sizes is not None:
+                sizes.append(merged_sizes)
+            key_weights = torch.cat(sizes, dim=1)
             # the state keeps slices of the weights, not the tensors concatenated: inductor (torch 2.13) can free
             # a concatenation's buffer while a tensor it wrote there is still in use (ToMe's sizes, next stage)
-            num_kept = keep_idx.shape[1]
             kept_sizes = key_weights[:, 1 : 1 + num_kept] if kept_sizes is not None else None
             merged_sizes = key_weights[:, 1 + num_kept :] if merged_sizes is not None else None
         kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, 1 + keep_idx)
@@ -219,8 +227,6 @@ class TokenState:
         if self.patch_to_token is None:
             return reduced, state
 
-        batch, length = hidden_states.shape[:2]
-        num_kept = keep_idx.shape[1]
         # one spare column takes the writes of padding slots, so they never overwrite a real token's entry
         token_to_new = torch.full((batch, length + 1), -1, dtype=torch.long, device=hidden_states.device)
         token_to_new[:, 0] = 0

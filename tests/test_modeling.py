@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, FreqViTModel
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, FreqViTModel
 from freqtr_hf.modeling_freqvit import FreqViTAttention
 from freqtr_hf.reduction_frequency import window_index
 
@@ -183,13 +183,16 @@ def test_torch_compile_fullgraph():
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
-@pytest.mark.parametrize("method", ["freq", "tome"])
-def test_torch_compile_inductor_on_deit_layout(method):
+@pytest.mark.parametrize(
+    "fields",
+    [{"reduction_method": "freq"}, {"reduction_method": "freq", **TRAINING_FREE_FREQ}, {"reduction_method": "tome"}],
+    ids=["freq", "training-free-preset", "tome"],
+)
+def test_torch_compile_inductor_on_deit_layout(fields):
     """Compiled by inductor, not only traced, in DeiT's layout (224 px, 14 x 14 patches, the default schedule) at a
     small width. Inductor once failed on `freq`'s window transfer there, and once freed the buffer of ToMe's token
     sizes while the next stage still read it."""
-    config = FreqViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=10,
-                           reduction_method=method)
+    config = FreqViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=10, **fields)
     model = FreqViTForImageClassification(config).eval()
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassifi
 from freqtr_hf.configuration_freqvit import REDUCTION_FIELDS
 from freqtr_hf.reducers import FrequencyReducer
 from freqtr_hf.reduction_frequency import absorb_into_kept_tokens, merge_into_dc_tokens, nearest_destinations
+from freqtr_hf.token_state import TokenState
 
 from conftest import tiny_config
 
@@ -80,6 +81,13 @@ def stage_states(model, pixels, **kwargs):
     for hook in hooks:
         hook.remove()
     return states
+
+
+def test_reduce_takes_key_weights_or_proportional_attention_not_both():
+    state = TokenState.initial(1, (2, 2), "cpu", track_provenance=False)
+    with pytest.raises(ValueError, match="key_weights"):
+        state.reduce(0, torch.randn(1, 5, 8), torch.tensor([[0, 1]]), key_weights=torch.ones(1, 3),
+                     proportional_attention=True)
 
 
 @pytest.mark.parametrize("features", ["hidden_states", "keys"])
