@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     args = parser.parse_args()
+    for flag, wanted in (("--compile", args.compile), ("--training-memory", args.training_memory)):
+        if wanted and "freq" not in args.methods:
+            parser.error(f"{flag} measures the default FreqViT: add freq to --methods")
     device = resolve_device(args.device)
     print(f"torch {torch.__version__}, {describe(device)}, sdpa attention")
     for dtype_name in args.dtypes:
@@ -218,12 +221,12 @@ def main() -> None:
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
                 ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
                 report(f"{shape_title(size)}, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size, ops)
-                if args.compile and "freq" in models:
+                if args.compile:
                     for mode, compiled in compiled_variants(models, device).items():
                         times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
                         report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
                                "against compiled ViT", compiled, times, peaks, batch_size)
-            if args.training_memory and "freq" in models:
+            if args.training_memory:
                 pixels = torch.randn(64, 3, 224, 224, device=device, dtype=dtype)
                 vit_bytes = saved_activation_bytes(models["vit"][0], pixels)
                 freq_bytes = saved_activation_bytes(models["freq"][0], pixels)

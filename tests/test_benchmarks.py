@@ -44,6 +44,12 @@ def test_the_speed_benchmark_prints_every_model():
     assert rows == {"vit", "freq", "free-cut"}
 
 
+def test_the_speed_benchmark_refuses_compile_without_freq():
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--methods", "topk", "--compile"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "--compile measures the default FreqViT: add freq to --methods" in result.stderr
+
+
 def test_the_op_count_is_per_forward_and_counts_the_reduction_work():
     models = build_models("overhead", ["freqvit-off", "freq", "free-cut"], torch.device("cpu"), torch.float32)
     pixels = torch.randn(1, 3, 224, 224)
