@@ -161,6 +161,7 @@ def main() -> None:
                                          state_file=state_file, fingerprint=fingerprint, restart=args.restart)
         except ValueError as error:  # a state of another run, or a damaged one: named, with what to do
             parser.exit(2, f"{parser.prog}: error: {error}\n")
+        unreduced = results[0]
         data_rows = []
         for key, result in zip(models, results):
             if key == "none":
@@ -168,8 +169,7 @@ def main() -> None:
             table, row, keep_rate = key.split("|")
             data_rows.append({"data": data, "images": len(dataset), "table": table, "row": row, "key": key,
                               "keep_rate": float(keep_rate), "top1": result.top1, "agreement": result.agreement,
-                              "gmacs": result.gmacs})
-        unreduced = results[0]
+                              "gmacs": result.gmacs, "unreduced_top1": unreduced.top1})
         for table in args.table:
             print(f"\n{table}: {data}, {len(dataset)} images; unreduced top-1 {100 * unreduced.top1:.1f} "
                   f"({unreduced.gmacs:.2f} GMACs); cells: top-1 / agreement with unreduced (%)")
