@@ -122,10 +122,10 @@ def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -
     times, peaks = {name: [] for name in models}, {}
     names = list(models)
     with torch.inference_mode():
-        for name in names:  # warm-up, and peak memory
+        for name in names:  # warm-up (CUDA graphs record on the second call, replay from the third), peak memory
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(2):
+            for _ in range(3):
                 models[name][0](pixels)
             synchronize(device)
             peaks[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
