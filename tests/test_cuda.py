@@ -1,0 +1,106 @@
+"""On a CUDA GPU: the methods compute there what they compute on the CPU, in bf16 too, eager and under CUDA graphs,
+and `freqtr-hf evaluate --device cuda` gives the CPU's results. Skipped where torch sees no CUDA GPU (this
+project's CI has none); run them on a GPU machine with `python -m pytest tests/test_cuda.py`."""
+
+import json
+
+import pytest
+import torch
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf_cli import main
+
+from conftest import write_images, write_tiny_vit
+from test_modeling import vit_twin
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none here")
+
+# kmedoids and untrained dynamicvit rank values that can tie, so two devices may choose differently (README)
+METHODS = {
+    "freq": {"reduction_method": "freq"},
+    "freq-logits": {"reduction_method": "freq", "score_source": "logits"},
+    "training-free-preset": {"reduction_method": "freq", **TRAINING_FREE_FREQ},
+    "topk": {"reduction_method": "topk"},
+    "evit": {"reduction_method": "evit"},
+    "tome": {"reduction_method": "tome"},
+    "tome-per-layer": {"reduction_method": "tome", "tome_r": 8},
+    "ats": {"reduction_method": "ats"},
+    "radial": {"reduction_method": "radial"},
+}
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """fp32 matmuls and convolutions in full precision (cuDNN takes TF32 by default), so CPU and GPU agree to 1e-4."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def deit_layout_model(fields: dict, attn_implementation: str = "sdpa") -> FreqViTForImageClassification:
+    """A narrow model in DeiT's layout (224 px, 14 x 14 patches, the default schedule), random weights."""
+    torch.manual_seed(0)
+    config = FreqViTConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_labels=10,
+                           attn_implementation=attn_implementation, **fields)
+    return FreqViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("fields", METHODS.values(), ids=METHODS)
+def test_each_method_on_cuda_matches_the_cpu(fields):
+    model = deit_layout_model(fields)
+    pixels = torch.randn(3, 3, 224, 224)
+    with torch.inference_mode():
+        on_cpu = model(pixels).logits
+        on_gpu = model.to("cuda")(pixels.to("cuda")).logits.cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_reduction_off_on_cuda_gives_the_vit_logits():
+    model, vit = vit_twin(deit_layout_model({"reduction_method": "none"}).config)
+    pixels = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.inference_mode():
+        difference = (model.to("cuda")(pixels).logits - vit.to("cuda")(pixels).logits).abs().max()
+    assert difference <= 1e-5
+
+
+@pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"]], ids=["freq", "preset"])
+def test_bfloat16_on_cuda_stays_close_to_float32(fields):
+    model = deit_layout_model(fields).to("cuda")
+    pixels = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.inference_mode():
+        full = model(pixels).logits
+        half = model.to(torch.bfloat16)(pixels.to(torch.bfloat16)).logits.float()
+    assert torch.isfinite(half).all()
+    # bf16 keeps 8 bits of mantissa: the logits move by a few hundredths, not by their own size
+    assert (half - full).abs().max() < 0.1 * full.abs().max()
+
+
+@pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"], METHODS["tome"]],
+                         ids=["freq", "preset", "tome"])
+def test_cuda_graphs_replay_the_eager_logits(fields):
+    """`mode="reduce-overhead"` records the forward as a CUDA graph: that needs a graph without host tensors or host
+    synchronisation, and the replays must compute what eager does on new inputs."""
+    from torch._dynamo.utils import counters
+
+    model = deit_layout_model(fields).to("cuda")
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    skips = counters["inductor"]["cudagraph_skips"]
+    with torch.inference_mode():
+        for _ in range(4):  # warm-up, recording, then replays
+            pixels = torch.randn(1, 3, 224, 224, device="cuda")
+            replayed = compiled(pixels).logits.clone()
+            torch.testing.assert_close(replayed, model(pixels).logits, rtol=1e-4, atol=1e-4)
+    assert counters["inductor"]["cudagraph_skips"] == skips, "inductor skipped CUDA graphs for this model"
+
+
+def test_evaluate_on_cuda_gives_the_cpu_results(tmp_path):
+    write_tiny_vit(tmp_path / "model")
+    write_images(tmp_path / "data", ["class 0", "class 1"], 6)
+    results = {}
+    for device in ("cpu", "cuda"):
+        output = tmp_path / f"{device}.json"
+        argv = ["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--batch-size", "4",
+                "--device", device, "--methods", "freq", "tome", "--output", str(output)]
+        assert main(argv) == 0
+        results[device] = {row["method"]: (row["top1"], row["agreement"]) for row in json.loads(output.read_text())["results"]}
+    assert results["cuda"] == results["cpu"]
