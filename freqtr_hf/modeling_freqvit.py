@@ -27,7 +27,7 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
-from .reducers import TOKEN_REDUCERS, DPCKNNReducer
+from .reducers import TOKEN_REDUCERS, TokenScore
 from .token_schedule import check_stages
 from .token_state import AttentionMaps, TokenProvenance, TokenState
 
@@ -245,9 +245,9 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
             if isinstance(parameter, nn.Parameter):
                 init.zeros_(parameter)
         # DPC-KNN's token score starts at zero: plain cluster means until fine-tuning
-        if isinstance(module, DPCKNNReducer):
-            init.zeros_(module.token_score.weight)
-            init.zeros_(module.token_score.bias)
+        if isinstance(module, TokenScore):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         for name in ("queries", "centres"):  # PatchMerger's queries, Sinkhorn's centres
             parameter = getattr(module, name, None)
             if isinstance(parameter, nn.Parameter):

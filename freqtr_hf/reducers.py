@@ -291,6 +291,15 @@ class KMedoidsReducer(TokenReducer):
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 
 
+class TokenScore(nn.Linear):
+    """DPC-KNN's learned log-weight of a token in its cluster's average: (B, t, C) -> (B, t, 1). Zero-initialised
+    (in `FreqViTPreTrainedModel._init_weights`, which sees this module and not its parent: a module without
+    parameters of its own is skipped), so the average is plain until trained."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 1)
+
+
 class DPCKNNReducer(TokenReducer):
     """DPC-KNN: density-peaks clustering picks the centres, every token joins the nearest; each cluster becomes
     the average of its tokens weighted by exp(learned score) (zero-initialised: a plain average at first)."""
@@ -300,7 +309,7 @@ class DPCKNNReducer(TokenReducer):
     def __init__(self, config, stages, index):
         super().__init__(config, stages, index)
         self.neighbours = config.dpc_neighbours
-        self.token_score = nn.Linear(config.hidden_size, 1)
+        self.token_score = TokenScore(config.hidden_size)
 
     def forward(self, hidden_states, maps, tokens):
         tokens_in = hidden_states[:, 1:]

@@ -89,6 +89,10 @@ def test_learned_methods_create_new_parameters_and_train(method, tmp_path):
     new = [key for key in info["missing_keys"] if ".token_reducer." in key]
     if method == "dpcknn":  # its zero-initialised score gives plain cluster means: complete without training
         assert not info["missing_keys"]
+        fresh = FreqViTForImageClassification(tiny_config(reduction_method=method))
+        for built in (model, fresh):
+            scores = [p for n, p in built.named_parameters() if ".token_score." in n]
+            assert scores and all(not p.any() for p in scores)
     else:  # random-initialised parameters need training: still reported
         assert new and len(new) == len(info["missing_keys"])
     model.train()
