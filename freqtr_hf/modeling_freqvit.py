@@ -348,7 +348,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         return FreqViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            hidden_states=all_hidden_states if output_hidden_states not in (None, False) else None,
+            hidden_states=all_hidden_states if output_hidden_states is not None and output_hidden_states is not False else None,
             attentions=all_attentions,
             token_provenance=tokens.provenance if output_token_provenance else None,
             auxiliary_loss=tokens.auxiliary_loss,

@@ -211,6 +211,18 @@ def test_hidden_states_and_attentions_follow_the_changing_length():
     assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (1, 10)
 
 
+def test_hidden_states_by_index():
+    model = FreqViTModel(tiny_config()).eval()  # 5 hidden states: the embeddings, then blocks 1-4
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        every = model(pixels, output_hidden_states=True).hidden_states
+        for selection, expected in ((0, [0]), (-5, [0]), (-1, [4]), ([0, 2], [0, 2]), ([3, -1], [3, 4]), (9, [])):
+            chosen = model(pixels, output_hidden_states=selection).hidden_states
+            assert len(chosen) == len(expected)
+            assert all(torch.equal(state, every[index]) for state, index in zip(chosen, expected))
+        assert model(pixels, output_hidden_states=False).hidden_states is None
+
+
 def test_image_classification_pipeline():
     model = FreqViTForImageClassification(tiny_config(id2label={i: f"class {i}" for i in range(10)})).eval()
     processor = ViTImageProcessor(size={"height": 64, "width": 64})
