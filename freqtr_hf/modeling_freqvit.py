@@ -70,22 +70,30 @@ class FreqViTAttention(ViTAttention):
         self.high_pass_gain = nn.Parameter(torch.zeros(heads)) if reweighting else None
         sees_dc_tokens = reweighting and layer_idx > stages[0].layer
         self.dc_gain = nn.Parameter(torch.zeros(heads)) if sees_dc_tokens else None
+        self._gain_version, self._gains_nonzero = None, True
 
     def reweights(self) -> bool:
         """Whether the ω reweighting changes anything. At inference with ω1 = ω2 = 0 (a model loaded off the shelf)
-        it is the identity and is skipped; the zero check reruns only when the parameters change (their version
-        counter), so the forward pass has no host synchronisation."""
+        it is the identity and is skipped. On the CPU ω is read at every call (microseconds). On an accelerator that
+        read would synchronise the host, so the answer is kept until ω changes: a new version counter (in-place
+        writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()` call. A write through
+        `.data` bumps no version counter: call `model.eval()` after one."""
         if self.high_pass_gain is None:
             return False
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return True
         gains = [g for g in (self.high_pass_gain, self.dc_gain) if g is not None]
-        if any(g.is_inference() for g in gains):  # built in inference mode: no version counter, check every call
+        # built in inference mode, a tensor has no version counter
+        if self.high_pass_gain.device.type == "cpu" or any(g.is_inference() for g in gains):
             return any(bool(g.any()) for g in gains)
         version = tuple((g.data_ptr(), g._version) for g in gains)
-        if getattr(self, "_gain_version", None) != version:
+        if self._gain_version != version:
             self._gain_version, self._gains_nonzero = version, any(bool(g.any()) for g in gains)
         return self._gains_nonzero
+
+    def train(self, mode: bool = True) -> "FreqViTAttention":
+        self._gain_version = None  # look at ω again: it may have been written through `.data`
+        return super().train(mode)
 
     def forward(
         self,

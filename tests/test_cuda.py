@@ -75,6 +75,24 @@ def test_bfloat16_on_cuda_stays_close_to_float32(fields):
     assert (half - full).abs().max() < 0.1 * full.abs().max()
 
 
+def test_a_changed_omega_is_used_on_cuda():
+    """On an accelerator the zero-ω check is cached (reading ω would synchronise the host): an in-place write is
+    seen at once, a `.data` write at the next `eval()`."""
+    model = deit_layout_model(METHODS["freq"]).to("cuda")
+    pixels = torch.randn(2, 3, 224, 224, device="cuda")
+    gains = [layer.attention.high_pass_gain for layer in model.vit.layers]
+    with torch.no_grad():
+        unweighted = model(pixels).logits
+        for gain in gains:
+            gain.fill_(0.5)
+        in_place = model(pixels).logits
+        for gain in gains:
+            gain.data.fill_(0.0)
+        model.eval()
+        torch.testing.assert_close(model(pixels).logits, unweighted)
+    assert not torch.allclose(in_place, unweighted)
+
+
 @pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"], METHODS["tome"]],
                          ids=["freq", "preset", "tome"])
 def test_cuda_graphs_replay_the_eager_logits(fields):

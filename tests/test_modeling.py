@@ -133,6 +133,28 @@ def test_batch_equals_single_images():
     torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
 
 
+def omega_written_everywhere(model, value: float) -> None:
+    for layer in model.vit.layers:
+        layer.attention.high_pass_gain.data.fill_(value)  # `.data`: bumps no version counter
+
+
+def test_a_changed_omega_is_used_at_the_next_call():
+    """At inference a zero ω is skipped; a ω written any way, `.data` included, must be seen at once (on the CPU it
+    is read at every call; tests/test_cuda.py checks the cache an accelerator uses)."""
+    torch.manual_seed(0)
+    model = FreqViTForImageClassification(tiny_config()).eval()
+    twin = FreqViTForImageClassification(model.config).eval()
+    twin.load_state_dict(model.state_dict())
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        unweighted = model(pixels).logits
+        omega_written_everywhere(model, 0.5)
+        omega_written_everywhere(twin, 0.5)
+        reweighted = model(pixels).logits
+        torch.testing.assert_close(reweighted, twin(pixels).logits)
+    assert not torch.allclose(reweighted, unweighted)
+
+
 def test_eager_and_sdpa_agree_with_reduction():
     model = FreqViTForImageClassification(tiny_config()).eval()
     for layer in model.vit.layers:
