@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from .configuration_freqvit import FreqViTConfig
-from .fingerprint import file_digest, files_digest, mismatch, model_digest
+from .fingerprint import file_digest, files_digest, mismatch, model_digest, resolved_source
 from .images import ImageReadError, read_image
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification
@@ -320,12 +320,13 @@ def run_fingerprint(
     settings given (methods, keep rate, dtype, device, every, split, dataset config, synsets, ...)."""
     synsets = settings.get("synsets")
     return {
-        "model": model,
+        "model": resolved_source(model),
         "model_weights": model_digest(model, getattr(model_config, "_commit_hash", None)),
-        "data": data,
+        "data": resolved_source(data),
         "data_files": data_fingerprint(dataset),
         "images": len(dataset),
         **settings,
+        "synsets": resolved_source(synsets),
         "synsets_content": file_digest(synsets) if synsets else None,
     }
 

@@ -54,6 +54,12 @@ def model_digest(model: str, commit_hash: str | None = None) -> str:
     return f"hub:{model}@{commit_hash or 'unknown'}"
 
 
+def resolved_source(name: str | None) -> str | None:
+    """A model, data or file source as a fingerprint field: an existing local path as its absolute real path, so that
+    `../x` given in one folder and `/abs/x` in another are the same run; anything else (a Hub id) as given."""
+    return os.path.realpath(name) if name is not None and os.path.exists(name) else name
+
+
 def mismatch(saved: dict, current: dict) -> str | None:
     """None when the fingerprints are equal, else a sentence naming every field that differs."""
     fields = [field for field in sorted(set(saved) | set(current)) if saved.get(field) != current.get(field)]

@@ -101,13 +101,17 @@ def test_an_interrupted_evaluation_resumes(deit_tiny, imagenette_val, tmp_path):
     ]
 
 
-def test_a_finished_run_reprints_its_results_and_another_run_is_refused(tiny_checkpoint, tmp_path, capsys):
+def test_a_finished_run_reprints_its_results_and_another_run_is_refused(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
     state = str(tmp_path / "state.json")
     assert main(evaluate(tiny_checkpoint, "--state-file", state, "--output", str(tmp_path / "a.json"))) == 0
-    assert main(evaluate(tiny_checkpoint, "--state-file", state, "--output", str(tmp_path / "b.json"))) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tiny_checkpoint)  # the same run, its paths spelled relative to another folder
+    assert main(evaluate(Path("."), "--state-file", state, "--output", str(tmp_path / "b.json"))) == 0
+    assert "holds this run, finished" in capsys.readouterr().err
     first, again = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in "ab")
     assert [(r["top1"], r["agreement"]) for r in first] == [(r["top1"], r["agreement"]) for r in again]
-    capsys.readouterr()
     # another keep rate, every, methods, data: refused, naming the field
     for extra, field in (
         (["--keep-rate", "0.5"], "keep_rate"),

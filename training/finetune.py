@@ -39,7 +39,7 @@ from transformers import AutoImageProcessor, get_scheduler
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS
 from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images, read_synsets
-from freqtr_hf.fingerprint import file_digest, mismatch, model_digest
+from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
     gmacs, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
@@ -421,6 +421,7 @@ def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerat
     """Everything that changes what the run computes: the settings, the model's weights, the data's files."""
     fingerprint = {name: getattr(args, name) for name in JOB_SETTINGS}
     fingerprint |= {
+        "dataset_name": resolved_source(args.dataset_name),
         "model": model_digest(args.model_name_or_path, getattr(student.config, "_commit_hash", None)),
         "train_files": data_fingerprint(train_data),
         "validation_files": data_fingerprint(eval_data) if eval_data is not None else None,
