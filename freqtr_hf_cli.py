@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, f"run_{args.command}")(args)
     except KeyboardInterrupt:
         state = getattr(args, "state_file", None)
-        resume = f"; run the same command again to resume from {state}" if state and Path(state).exists() else ""
+        resume = ""
+        if state and Path(state).exists():
+            resume = f"; run the same command again to resume from {state}"
+        elif hasattr(args, "state_file") and not state:
+            resume = "; with --state-file FILE a run can be resumed after an interruption"
         print(f"\nfreqtr-hf: interrupted{resume}", file=sys.stderr)
         return 130
 

@@ -29,6 +29,7 @@ from methods import shared_asset  # noqa: E402
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS  # noqa: E402
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images  # noqa: E402
+from freqtr_hf_cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
 MODES = {"calibrate": ["--calibrate"], "finetune": ["--distill_only", "--ema_decay", "0"]}
@@ -76,15 +77,15 @@ def train(args, start: str, mode: str, domain: str, data: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model", default=shared_asset("deit-tiny-patch16-224"))
     parser.add_argument("--imagenette", default=shared_asset("imagenette"), help="with train/ and val/")
     parser.add_argument("--imagewoof", default=shared_asset("imagewoof_train_sample"))
     parser.add_argument("--synsets", default=shared_asset("imagenet_synsets.txt"))
-    parser.add_argument("--keep-rate", type=float, default=0.7)
-    parser.add_argument("--images", type=int, default=320, help="calibration images per domain")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every run")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--keep-rate", type=keep_rate, default=0.7)
+    parser.add_argument("--images", type=positive_int, default=320, help="calibration images per domain")
+    parser.add_argument("--steps", type=positive_int, default=100, help="optimizer steps of every run")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--starts", nargs="+", choices=list(FREQ_PRESETS), default=list(FREQ_PRESETS))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))

@@ -22,7 +22,8 @@ from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
-from freqtr_hf_cli import HelpFormatter
+import freqtr_hf_cli
+from freqtr_hf_cli import HelpFormatter, positive_int
 
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"  # ../shared/assets beside the repository
@@ -42,12 +43,12 @@ def add_shared_data_arguments(parser: argparse.ArgumentParser, keep_rates: list[
     parser.add_argument("--model", default=shared_asset("deit-tiny-patch16-224"), help="ViT/DeiT checkpoint folder")
     parser.add_argument("--data", nargs="+", default=[shared_asset(name) for name in SHARED_DATA],
                         help="image folders (class sub-folders) or saved datasets")
-    parser.add_argument("--every", type=int, nargs="+",
+    parser.add_argument("--every", type=positive_int, nargs="+",
                         help="read every N-th image: one value for all --data, or one per --data (default: 4 and 1 "
                         "for the two shared data sets, else 1)")
     parser.add_argument("--synsets", default=shared_asset("imagenet_synsets.txt"),
                         help="class list mapping folder wnids to the model's classes")
-    parser.add_argument("--keep-rates", type=float, nargs="+", default=keep_rates, help="keep rates to compare")
+    parser.add_argument("--keep-rates", type=freqtr_hf_cli.keep_rate, nargs="+", default=keep_rates, help="keep rates to compare")
 
 
 def check_shared_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -108,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shared_data_arguments(parser, keep_rates=[0.9, 0.7, 0.5, 0.25])
     parser.add_argument("--methods", nargs="+", default=list(TRAINING_FREE_METHODS))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--output", help="write all rows as JSON here")
     parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")

@@ -28,6 +28,7 @@ from transformers import ViTConfig, ViTForImageClassification
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.devices import describe, resolve_device, resolve_dtype
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
+from freqtr_hf_cli import HelpFormatter, positive_int
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 # not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost
@@ -195,13 +196,13 @@ def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=SHAPES,
                         help="DeiT shapes, or 'overhead': width 8, one head, where only the per-op cost is left")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timed forwards per model")
     parser.add_argument("--methods", nargs="+", default=[*VARIANTS, FREE_REDUCTION], choices=[*VARIANTS, FREE_REDUCTION],
                         help=f"{FREE_REDUCTION}: ViT cut to freq's token counts by slicing, a reduction that costs nothing")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
@@ -210,10 +211,13 @@ def main() -> None:
     for flag, wanted in (("--compile", args.compile), ("--training-memory", args.training_memory)):
         if wanted and "freq" not in args.methods:
             parser.error(f"{flag} measures the default FreqViT: add freq to --methods")
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+        dtypes = {name: resolve_dtype(name, device) for name in args.dtypes}
+    except ValueError as error:
+        parser.error(str(error))
     print(f"torch {torch.__version__}, {describe(device)}, sdpa attention")
-    for dtype_name in args.dtypes:
-        dtype = resolve_dtype(dtype_name, device)
+    for dtype_name, dtype in dtypes.items():
         for size in args.sizes:
             models = build_models(size, args.methods, device, dtype)
             for batch_size in args.batch_sizes:

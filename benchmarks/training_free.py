@@ -37,6 +37,7 @@ from freqtr_hf.fingerprint import slug, value_digest  # noqa: E402
 from freqtr_hf.evaluation import (  # noqa: E402
     EvaluationState, build_models, compare_methods, label_mapping, load_images, run_fingerprint,
 )
+from freqtr_hf_cli import positive_int  # noqa: E402
 
 
 # each option of the preset alone, then together; one more row: the preset with the paper's attention-free score
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shared_data_arguments(parser, keep_rates=[0.9, 0.7, 0.5])
     parser.add_argument("--table", nargs="+", choices=["ablation", "comparison"], default=["ablation", "comparison"])
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--state-dir", default="runs/training_free", help="progress, one file per data set")
     parser.add_argument("--restart", action="store_true", help="ignore saved progress and start afresh")
     parser.add_argument("--output", help="write all rows as JSON here")

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from .configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
-from .evaluation import format_table, results_json, run_evaluation
+from .evaluation import format_table, results_json, run_evaluation, write_atomically
 
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
@@ -41,6 +41,21 @@ def check_local_paths(args: argparse.Namespace) -> None:
     for data in args.data if isinstance(args.data, list) else [args.data]:
         if data and _looks_local(data) and not Path(data).exists():
             raise ValueError(f"--data: no folder {data}")
+
+
+def prepare_output_files(args: argparse.Namespace) -> None:
+    """Create the folders of the files a run will write (`--output`, `--state-file`) before it starts, so that a
+    long run never fails at its end for want of one; name the flag whose path cannot be a file."""
+    for flag in ("--output", "--state-file"):
+        path = getattr(args, flag[2:].replace("-", "_"), None)
+        if not path:
+            continue
+        if Path(path).is_dir():
+            raise ValueError(f"{flag}: {path} is a folder; give a file name")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"{flag}: cannot create the folder of {path} ({error.strerror or error})") from error
 
 
 def _looks_local(name: str) -> bool:
@@ -75,6 +90,7 @@ def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    prepare_output_files(args)
     print(f"freqtr-hf evaluate: {args.model} on {describe(device)}, {args.dtype}", file=sys.stderr)
     results, skipped = run_evaluation(
         args.model, args.data, args.methods, keep_rate=args.keep_rate, batch_size=args.batch_size, every=args.every,
@@ -89,10 +105,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     text = results_json(results, **run)
     print(format_table(results))
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images (listed in the JSON)", file=sys.stderr)
+        images = "image" if len(skipped) == 1 else "images"
+        print(f"skipped {len(skipped)} unreadable {images} (listed in the JSON)", file=sys.stderr)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        write_atomically(args.output, text + "\n")
     return 0
 
 
@@ -130,7 +147,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
 def _fail(message: str) -> int:

@@ -164,7 +164,7 @@ class FreqViTConfig(ViTConfig):
                 f"keep_rate: {len(rates)} values for {len(layers)} reduction_layers; give one number or one per layer"
             )
         if any(not 0.0 < rate <= 1.0 for rate in rates):  # also refuses NaN
-            raise ValueError(f"keep_rate: every rate must be in (0, 1], got {list(rates)}")
+            raise ValueError(f"keep_rate: every rate must be in (0, 1], got {self.keep_rate!r}")
         if len(self.dc_window_sizes) != len(layers):
             raise ValueError(
                 f"dc_window_sizes: {len(self.dc_window_sizes)} values for {len(layers)} reduction_layers"

@@ -220,7 +220,8 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
     else:
         source = f"the Hub dataset `{data}`" + (f" (split `{split}`)" if split else "") if is_hub_id(data) else (
             f"the local image folder `{public_name(data, parts=2)}`")
-        step = "every image" if every == 1 else f"every {every}-th image (files sorted by path)"
+        suffix = "th" if every % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(every % 10, "th")
+        step = "every image" if every == 1 else f"every {every}{suffix} image (files sorted by path)"
         count = next((results[key]["images"] for key in RESULT_ROWS if (results.get(key) or {}).get("images")), None)
         step += f", {count} images" if count else ""
         note = (f"Measured on {source}, {step}. Images/s were measured on the machine that built the model and "

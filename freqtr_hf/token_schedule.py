@@ -86,7 +86,8 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
         field = "tome_r" if stage.remove is not None else "keep_rate"
         rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
         if (candidates + merged if method in MERGING_METHODS else candidates) <= 0:
-            raise ValueError(f"{field}: {rule} of {reducible} tokens at layer {stage.layer} leaves no token")
+            tokens = f"{reducible} token" + "s" * (reducible != 1)
+            raise ValueError(f"{field}: {rule} of {tokens} at layer {stage.layer} leaves no token")
         if 1 + candidates + merged >= length and stage.remove is None:  # per-layer ToMe stops at its cap
             if method == "freq" and candidates < reducible:
                 field, rule = "dc_window_sizes", f"{stage.window_size}x{stage.window_size} DC windows"

@@ -44,10 +44,16 @@ def test_the_speed_benchmark_prints_every_model():
     assert rows == {"vit", "freq", "free-cut"}
 
 
-def test_the_speed_benchmark_refuses_compile_without_freq():
-    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--methods", "topk", "--compile"]
+@pytest.mark.parametrize("flags, message", [
+    (["--methods", "topk", "--compile"], "--compile measures the default FreqViT: add freq to --methods"),
+    (["--rounds", "0"], "argument --rounds: must be a whole number >= 1, got 0"),
+    (["--batch-sizes", "1", "-2"], "argument --batch-sizes: must be a whole number >= 1, got -2"),
+    (["--device", "cpu", "--dtypes", "float16"], "dtype: float16 is not supported on the CPU"),
+])
+def test_the_speed_benchmark_refuses_bad_flags_by_name(flags, message):
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), *flags]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2 and "--compile measures the default FreqViT: add freq to --methods" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_op_count_is_per_forward_and_counts_the_reduction_work():

@@ -187,6 +187,21 @@ def test_corrupt_weights_and_bad_flags_give_one_line(tiny_checkpoint, capsys):
         assert flag in capsys.readouterr().err
 
 
+def test_output_files_get_their_folders_before_the_run(tiny_checkpoint, tmp_path, capsys):
+    output, state = tmp_path / "new" / "results.json", tmp_path / "other" / "deeper" / "state.json"
+    assert main(evaluate(tiny_checkpoint, "--output", str(output), "--state-file", str(state))) == 0
+    assert json.loads(output.read_text())["results"] and state.exists()
+    (tmp_path / "a file").write_text("")
+    for flag, path, message in (("--output", tmp_path, "is a folder; give a file name"),
+                                ("--state-file", tmp_path / "a file" / "state.json", "cannot create the folder")):
+        capsys.readouterr()
+        assert main(evaluate(tiny_checkpoint, flag, str(path))) == 2
+        stderr = capsys.readouterr().err
+        error = error_lines(stderr)
+        assert len(error) == 1 and error[0].startswith(f"freqtr-hf: {flag}: ") and message in error[0]
+        assert "freqtr-hf evaluate:" not in stderr  # refused before any work
+
+
 def test_untrained_learned_methods_are_named_in_a_warning(tiny_checkpoint):
     with pytest.warns(UserWarning, match="sinkhorn: its parameters .*centres"):
         build_models(str(tiny_checkpoint / "model"), ["sinkhorn", "topk"], 0.7)
@@ -206,6 +221,16 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tiny_checkpoint, tmp_pat
     assert process.returncode == 130
     last = stderr.strip().splitlines()[-1]
     assert "interrupted" in last and str(state) in last and "Traceback" not in stderr
+
+
+def test_ctrl_c_without_a_state_file_says_how_to_make_a_run_resumable(tiny_checkpoint, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):  # Ctrl-C arriving mid-run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("freqtr_hf.commands.run_evaluation", interrupted)
+    assert main(evaluate(tiny_checkpoint)) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "freqtr-hf: interrupted; with --state-file FILE a run can be resumed after an interruption")
 
 
 def test_help_and_version_answer_without_importing_torch():

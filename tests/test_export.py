@@ -11,8 +11,9 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from conftest import write_images, write_tiny_vit
-from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
+from freqtr_hf.publishing import model_card
 from test_loading import remote_code_difference
 from test_training import RecordingHubApi
 
@@ -151,3 +152,12 @@ def test_real_deit_tiny_exports_and_loads_with_remote_code(deit_tiny, tmp_path):
         assert remote_code_difference(folder, pixels, reference(pixels).logits, tmp_path) == 0.0
     card = ModelCard.load(folder / "README.md")
     assert "deit-tiny-patch16-224" in card.text and absolute_paths(card.content) == []
+
+
+@pytest.mark.parametrize("every, phrase", [(1, "every image"), (2, "every 2nd image"), (4, "every 4th image"),
+                                           (13, "every 13th image"), (21, "every 21st image")])
+def test_the_card_says_which_images_were_measured(every, phrase, tmp_path):
+    results = {"unreduced": {"top1": 0.7, "agreement": 1.0, "images_per_second": 10.0, "images": 50}}
+    card = str(model_card(FreqViTConfig(**TINY_REDUCTION), str(tmp_path), results, eval_data="/data/val",
+                          eval_every=every))
+    assert phrase in card and "50 images" in card
