@@ -28,7 +28,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
 from .reducers import TOKEN_REDUCERS, TokenScore
-from .token_schedule import check_stages
+from .token_schedule import FIXED_OUTPUT_METHODS, check_stages, patch_grid
 from .token_state import AttentionMaps, TokenProvenance, TokenState
 
 
@@ -310,6 +310,18 @@ class FreqViTModel(FreqViTPreTrainedModel):
                 f"'sdpa' take; got {self.config._attn_implementation!r}"
             )
         grid = (height // patch_h, width // patch_w)
+        configured = patch_grid(self.config.image_size, self.config.patch_size)
+        if interpolate and (not isinstance(self.config.patch_size, int) or configured[0] != configured[1]):
+            raise ValueError(
+                "interpolate_pos_encoding: transformers' ViT interpolates a square grid of position embeddings cut "
+                f"by one int patch_size; this model has image_size {self.config.image_size} and patch_size "
+                f"{self.config.patch_size}"
+            )
+        if method in FIXED_OUTPUT_METHODS and grid != configured and self.config.reduction_stages:
+            raise ValueError(
+                f"reduction_method: {method!r} merges into as many learned outputs as its {configured[0]}x"
+                f"{configured[1]} patch grid gives, so it runs on that grid only; got {grid[0]}x{grid[1]} patches"
+            )
         check_stages(method, self.config.reduction_stages, grid)
         return grid
 

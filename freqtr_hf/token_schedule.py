@@ -11,6 +11,8 @@ from dataclasses import dataclass
 # Pruning keeps candidates and drops the rest; merging turns every non-CLS token into k merged tokens.
 PRUNING_METHODS = ("topk", "radial", "ats", "dynamicvit")
 MERGING_METHODS = ("tome", "kmedoids", "dpcknn", "sit", "patchmerger", "sinkhorn")
+# Soft merging into as many learned outputs as the configured patch grid gives: they run on that grid only.
+FIXED_OUTPUT_METHODS = ("sit", "patchmerger", "sinkhorn")
 # Methods that weight attention keys with an additive bias (ToMe's sizes, ATS's padding, DynamicViT's training mask).
 KEY_WEIGHT_METHODS = ("tome", "ats", "dynamicvit")
 

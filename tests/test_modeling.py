@@ -270,6 +270,23 @@ def test_bad_images_raise_clear_errors(pixels, kwargs, message):
         model(pixels, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"image_size": (64, 96)}, "interpolate_pos_encoding: .* image_size \\(64, 96\\) and patch_size 8"),
+        ({"patch_size": (8, 16)}, "interpolate_pos_encoding: .* patch_size \\(8, 16\\)"),
+        ({"reduction_method": "sit"}, "reduction_method: 'sit' .* its 8x8 patch grid .* got 12x12 patches"),
+        ({"reduction_method": "sinkhorn"}, "reduction_method: 'sinkhorn' .* got 12x12 patches"),
+    ],
+)
+def test_other_resolutions_that_cannot_work_are_refused(fields, message):
+    """transformers' ViT interpolates only a square grid of position embeddings and one int patch size; the
+    soft-merging methods learn as many outputs as the configured grid gives."""
+    model = FreqViTForImageClassification(tiny_config(**fields)).eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(1, 3, 96, 96), interpolate_pos_encoding=True)
+
+
 def test_a_model_built_in_inference_mode_runs():
     with torch.inference_mode():
         model = FreqViTForImageClassification(tiny_config()).eval()
