@@ -26,18 +26,19 @@ def fuse_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 @grid_constant
 def radial_scores(grid: tuple[int, int], norm: str = "l2", device: torch.device | None = None) -> torch.Tensor:
-    """Minus the distance of every patch centre to the image centre under the L1, L2 or L∞ norm: (P,). A constant
-    per grid: computed once and cached (callers must not modify it).
-
-    Ties (equal distances) rank by patch index, so the pattern is deterministic.
-    """
+    """Every patch ranked by the distance of its centre to the image centre under the L1, L2 or L∞ norm, nearest
+    first, as minus its rank: (P,), all different. Equal distances rank by patch index, so the pattern is the same
+    on every device whatever its top-k does with ties. A constant per grid: computed once and cached (callers must
+    not modify it)."""
     rows, cols = grid
-    row = torch.arange(rows, device=device, dtype=torch.float64) - (rows - 1) / 2
-    col = torch.arange(cols, device=device, dtype=torch.float64) - (cols - 1) / 2
+    row = torch.arange(rows, dtype=torch.float64) - (rows - 1) / 2
+    col = torch.arange(cols, dtype=torch.float64) - (cols - 1) / 2
     offsets = torch.stack(torch.meshgrid(row, col, indexing="ij"), dim=-1).reshape(-1, 2)
-    distance = {"l1": 1, "l2": 2, "linf": float("inf")}[norm]
-    scores = -torch.linalg.vector_norm(offsets, ord=distance, dim=-1)
-    return (scores - 1e-9 * torch.arange(rows * cols, device=device)).float()
+    distance = torch.linalg.vector_norm(offsets, ord={"l1": 1, "l2": 2, "linf": float("inf")}[norm], dim=-1)
+    # offsets are half-integers, so equal distances are equal exactly; a stable sort keeps them in patch order
+    order = torch.sort(distance, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(0, order, torch.arange(rows * cols))
+    return (-ranks).float().to(device)
 
 
 def adaptive_sample(scores: torch.Tensor, num_samples: int, valid: torch.BoolTensor) -> tuple[torch.Tensor, torch.Tensor]:

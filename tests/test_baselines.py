@@ -7,7 +7,7 @@ from transformers import AutoImageProcessor, ViTForImageClassification
 from freqtr_hf import FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
 from freqtr_hf.reduction_merging import bipartite_merge_plan, merge_to_count
-from freqtr_hf.reduction_pruning import adaptive_sample, radial_scores
+from freqtr_hf.reduction_pruning import adaptive_sample, radial_scores, top_k_in_order
 from freqtr_hf.reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from freqtr_hf.reduction_learned import sinkhorn_assignment
 from freqtr_hf.token_schedule import MERGING_METHODS, PRUNING_METHODS, sequence_lengths
@@ -137,10 +137,14 @@ def test_adaptive_sampling_collapses_repeats():
     assert 1 in kept and len(kept) < 4 and kept == sorted(set(kept))
 
 
-def test_radial_pattern_prefers_the_centre():
+def test_radial_pattern_prefers_the_centre_and_breaks_ties_by_patch_index():
     order = radial_scores((4, 4), "l2").argsort(descending=True)[:4]
     assert sorted(order.tolist()) == [5, 6, 9, 10]
     assert radial_scores((4, 4), "linf").argsort(descending=True)[:4].sort().values.tolist() == [5, 6, 9, 10]
+    # 6 x 6: four patches at distance 0.71, then eight at 1.58, of which the first four by index
+    scores = radial_scores((6, 6), "l2")
+    assert len(set(scores.tolist())) == 36
+    assert top_k_in_order(scores[None], 8).tolist() == [[8, 9, 13, 14, 15, 16, 20, 21]]
 
 
 def test_clustering_assigns_every_token_to_a_cluster_of_its_own_group():
