@@ -55,8 +55,8 @@ from .token_schedule import MERGING_METHODS, patch_grid
 from .token_state import TokenProvenance
 
 
-# bump when the statistics a job computes change, so that old caches are recomputed
-STATS_VERSION = 3
+# bump when the statistics a job computes change, so that old caches are recomputed (4: radial ranks ties by patch index)
+STATS_VERSION = 4
 MAP_METRICS = ("pearson", "spearman", "js_divergence", "histogram_intersection")
 
 
