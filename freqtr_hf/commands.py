@@ -104,6 +104,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     text = results_json(results, **run)
     print(format_table(results))
+    if all(result.top1 is None for result in results):
+        print("top-1 is not reported: no image has a label among the model's classes (class sub-folders named by "
+              "WordNet id with --synsets, or by the model's label names, give them)", file=sys.stderr)
     if skipped:
         images = "image" if len(skipped) == 1 else "images"
         print(f"skipped {len(skipped)} unreadable {images} (listed in the JSON)", file=sys.stderr)

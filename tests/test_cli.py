@@ -72,6 +72,19 @@ def test_evaluate_runs_the_training_free_preset_and_records_it(tiny_checkpoint, 
             capsys.readouterr().err)
 
 
+def test_models_are_warmed_up_then_timed_in_a_rotating_order(tiny_checkpoint):
+    dataset = load_images(str(tiny_checkpoint / "data"))  # 12 images: 3 batches of 4
+    processor = AutoImageProcessor.from_pretrained(tiny_checkpoint / "model")
+    models = build_models(str(tiny_checkpoint / "model"), ["freq", "topk"], 0.7)
+    calls = []
+    for name, model in models.items():
+        model.register_forward_pre_hook(lambda module, args, name=name: calls.append(name))
+    results, _ = compare_methods(models, dataset, processor, [-1, -1], batch_size=4)
+    warm_up, rotations = ["none", "freq", "topk"], ["none", "freq", "topk", "freq", "topk", "none", "topk", "none", "freq"]
+    assert calls == warm_up + rotations
+    assert [r.images for r in results] == [12, 12, 12] and results[0].agreement == 1.0
+
+
 def test_a_saved_dataset_dict_is_read_by_split(tmp_path):
     write_images(tmp_path / "images", ["a", "b"], 2)
     split = load_images(str(tmp_path / "images")).train_test_split(test_size=2, seed=0)
@@ -247,6 +260,17 @@ def test_the_command_line_names_the_library_methods():
     assert set(freqtr_hf_cli.REDUCTION_METHODS) == set(REDUCTION_METHODS)
     assert freqtr_hf_cli.TRAINING_FREE_METHODS == TRAINING_FREE_METHODS
     assert freqtr_hf_cli.FREQ_PRESETS == tuple(FREQ_PRESETS)
+
+
+def test_unlabelled_images_say_why_top1_is_missing(tiny_checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "photos", ["holiday"], 4)  # one folder whose name is no class of the model
+    argv = ["evaluate", "--model", str(tiny_checkpoint / "model"), "--data", str(tmp_path / "photos"),
+            "--device", "cpu", "--methods", "freq", "--output", str(tmp_path / "out.json")]
+    assert main(argv) == 0
+    assert "top-1 is not reported: no image has a label among the model's classes" in capsys.readouterr().err
+    assert all(row["top1"] is None for row in json.loads((tmp_path / "out.json").read_text())["results"])
+    assert main(evaluate(tiny_checkpoint)) == 0
+    assert "top-1 is not reported" not in capsys.readouterr().err
 
 
 def test_wnid_folders_map_to_imagenet_classes(deit_tiny):
