@@ -70,30 +70,6 @@ class FreqViTAttention(ViTAttention):
         self.high_pass_gain = nn.Parameter(torch.zeros(heads)) if reweighting else None
         sees_dc_tokens = reweighting and layer_idx > stages[0].layer
         self.dc_gain = nn.Parameter(torch.zeros(heads)) if sees_dc_tokens else None
-        self._gain_version, self._gains_nonzero = None, True
-
-    def reweights(self) -> bool:
-        """Whether the ω reweighting changes anything. At inference with ω1 = ω2 = 0 (a model loaded off the shelf)
-        it is the identity and is skipped. On the CPU ω is read at every call (microseconds). On an accelerator that
-        read would synchronise the host, so the answer is kept until ω changes: a new version counter (in-place
-        writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()` call. A write through
-        `.data` bumps no version counter: call `model.eval()` after one."""
-        if self.high_pass_gain is None:
-            return False
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return True
-        gains = [g for g in (self.high_pass_gain, self.dc_gain) if g is not None]
-        # built in inference mode, a tensor has no version counter
-        if self.high_pass_gain.device.type == "cpu" or any(g.is_inference() for g in gains):
-            return any(bool(g.any()) for g in gains)
-        version = tuple((g.data_ptr(), g._version) for g in gains)
-        if self._gain_version != version:
-            self._gain_version, self._gains_nonzero = version, any(bool(g.any()) for g in gains)
-        return self._gains_nonzero
-
-    def train(self, mode: bool = True) -> "FreqViTAttention":
-        self._gain_version = None  # look at ω again: it may have been written through `.data`
-        return super().train(mode)
 
     def forward(
         self,
@@ -102,10 +78,12 @@ class FreqViTAttention(ViTAttention):
         need_maps: bool = False,
         need_probs: bool = False,
         attention_mask: torch.Tensor | None = None,
+        reweight: bool = True,
     ) -> tuple[torch.Tensor, AttentionMaps | None]:
         """hidden_states (B, n, C), the last `num_merged` tokens being DC tokens, and an additive bias on the
         attention logits (B, 1, 1, n) -> (B, n, C) and, when `need_maps`, the `AttentionMaps` (queries, keys, values
-        and, when `need_probs`, the probabilities (B, h, n, n) before reweighting, which only eager attention gives)."""
+        and, when `need_probs`, the probabilities (B, h, n, n) before reweighting, which only eager attention gives).
+        `reweight=False` skips the ω reweighting: the model does so when every ω is zero."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -113,7 +91,7 @@ class FreqViTAttention(ViTAttention):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         values = value_states
-        reweight = self.reweights()
+        reweight = reweight and self.high_pass_gain is not None
         if reweight:
             row_gain = (1.0 + self.high_pass_gain)[None, :, None].expand(input_shape[0], -1, input_shape[1])
             if self.dc_gain is not None and num_merged:
@@ -168,16 +146,18 @@ class FreqViTLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         tokens: TokenState,
         output_attentions: bool = False,
+        reweight: bool = True,
     ) -> tuple[torch.Tensor, TokenState, torch.Tensor | None]:
         """hidden_states (B, n, C) -> (B, n', C) with n' < n in a reduction block, the new `TokenState`, and the
-        attention probabilities (B, h, n, n) when the reducer needs them or `output_attentions`."""
+        attention probabilities (B, h, n, n) when the reducer needs them or `output_attentions`. `reweight`: apply
+        the ω reweighting (see `FreqViTModel.reweights_attention`)."""
         reducer = self.token_reducer
         need_probs = output_attentions or (reducer is not None and reducer.needs_attention_probs)
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
         bias = tokens.attention_bias(hidden_states.dtype)
         hidden_states, maps = self.attention(
-            hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias
+            hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias, reweight
         )
         hidden_states = self.dropout(hidden_states) + residual
 
@@ -273,7 +253,34 @@ class FreqViTModel(FreqViTPreTrainedModel):
         self.layers = nn.ModuleList([FreqViTLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self._omega_version, self._omega_nonzero = None, True
         self.post_init()
+
+    def reweights_attention(self) -> bool:
+        """Whether the ω reweighting changes anything. At inference with every ω1 = ω2 = 0 (a model loaded off the
+        shelf) it is the identity and is skipped. On the CPU the ω are read at every forward (three small ops). On
+        an accelerator that read would synchronise the host, so the answer is kept until an ω changes: a new
+        version counter (in-place writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()`
+        call. A write through `.data` bumps no version counter: call `model.eval()` after one."""
+        gains = [
+            gain for layer in self.layers for gain in (layer.attention.high_pass_gain, layer.attention.dc_gain)
+            if gain is not None
+        ]
+        if not gains:
+            return False
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return True
+        # built in inference mode, a tensor has no version counter
+        if gains[0].device.type == "cpu" or any(gain.is_inference() for gain in gains):
+            return bool(torch.cat(gains).any())
+        version = tuple((gain.data_ptr(), gain._version) for gain in gains)
+        if self._omega_version != version:  # one by one: layers may sit on different devices (device_map)
+            self._omega_version, self._omega_nonzero = version, any(bool(gain.any()) for gain in gains)
+        return self._omega_nonzero
+
+    def train(self, mode: bool = True) -> "FreqViTModel":
+        self._omega_version = None  # read the ω again: they may have been written through `.data`
+        return super().train(mode)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
@@ -357,8 +364,9 @@ class FreqViTModel(FreqViTPreTrainedModel):
         keep_hidden = selected_hidden_states(output_hidden_states, len(self.layers) + 1)
         all_hidden_states = (hidden_states,) if 0 in keep_hidden else ()
         all_attentions = () if output_attentions else None
+        reweight = self.reweights_attention()
         for index, layer in enumerate(self.layers, start=1):
-            hidden_states, tokens, attention_probs = layer(hidden_states, tokens, output_attentions)
+            hidden_states, tokens, attention_probs = layer(hidden_states, tokens, output_attentions, reweight)
             if index in keep_hidden:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
