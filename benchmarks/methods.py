@@ -22,8 +22,7 @@ from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
-import freqtr_hf_cli
-from freqtr_hf_cli import HelpFormatter, positive_int
+from freqtr_hf_cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"  # ../shared/assets beside the repository
@@ -48,7 +47,7 @@ def add_shared_data_arguments(parser: argparse.ArgumentParser, keep_rates: list[
                         "for the two shared data sets, else 1)")
     parser.add_argument("--synsets", default=shared_asset("imagenet_synsets.txt"),
                         help="class list mapping folder wnids to the model's classes")
-    parser.add_argument("--keep-rates", type=freqtr_hf_cli.keep_rate, nargs="+", default=keep_rates, help="keep rates to compare")
+    parser.add_argument("--keep-rates", type=parse_keep_rate, nargs="+", default=keep_rates, help="keep rates to compare")
 
 
 def check_shared_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

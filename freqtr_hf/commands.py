@@ -46,6 +46,8 @@ def check_local_paths(args: argparse.Namespace) -> None:
 def prepare_output_files(args: argparse.Namespace) -> None:
     """Create the folders of the files a run will write (`--output`, `--state-file`) before it starts, so that a
     long run never fails at its end for want of one; name the flag whose path cannot be a file."""
+    if args.output and args.state_file and Path(args.output).resolve() == Path(args.state_file).resolve():
+        raise ValueError("--output: the results would overwrite the --state-file; give them different files")
     for flag in ("--output", "--state-file"):
         path = getattr(args, flag[2:].replace("-", "_"), None)
         if not path:
@@ -150,7 +152,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+    return text.splitlines()[0].removesuffix(".") if text else type(error).__name__
 
 
 def _fail(message: str) -> int:

@@ -8,6 +8,7 @@ hidden states, the attention maps and the `TokenState`; the reduction math lives
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch import nn
@@ -258,10 +259,11 @@ class FreqViTModel(FreqViTPreTrainedModel):
 
     def reweights_attention(self) -> bool:
         """Whether the ω reweighting changes anything. At inference with every ω1 = ω2 = 0 (a model loaded off the
-        shelf) it is the identity and is skipped. On the CPU the ω are read at every forward (three small ops). On
-        an accelerator that read would synchronise the host, so the answer is kept until an ω changes: a new
-        version counter (in-place writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()`
-        call. A write through `.data` bumps no version counter: call `model.eval()` after one."""
+        shelf) it is the identity and is skipped; under `torch.compile`, in training and with gradients on it always
+        runs. On the CPU the ω are read at every forward (three small ops). On an accelerator that read would
+        synchronise the host, so the answer is kept until an ω changes: a new version counter or storage (in-place
+        writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()` call. A write through `.data`
+        bumps no version counter: call `model.eval()` after one."""
         gains = [
             gain for layer in self.layers for gain in (layer.attention.high_pass_gain, layer.attention.dc_gain)
             if gain is not None
@@ -270,16 +272,25 @@ class FreqViTModel(FreqViTPreTrainedModel):
             return False
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return True
+        devices = {gain.device for gain in gains}
+        if any(device.type == "meta" for device in devices):  # offloaded layers (accelerate) hold no values yet
+            return True
         # built in inference mode, a tensor has no version counter
-        if gains[0].device.type == "cpu" or any(gain.is_inference() for gain in gains):
-            return bool(torch.cat(gains).any())
+        if devices == {torch.device("cpu")} or any(gain.is_inference() for gain in gains):
+            return self._any_nonzero(gains, devices)
         version = tuple((gain.data_ptr(), gain._version) for gain in gains)
-        if self._omega_version != version:  # one by one: layers may sit on different devices (device_map)
-            self._omega_version, self._omega_nonzero = version, any(bool(gain.any()) for gain in gains)
+        if self._omega_version != version:
+            self._omega_version, self._omega_nonzero = version, self._any_nonzero(gains, devices)
         return self._omega_nonzero
 
-    def train(self, mode: bool = True) -> "FreqViTModel":
-        self._omega_version = None  # read the ω again: they may have been written through `.data`
+    @staticmethod
+    def _any_nonzero(gains: list[torch.Tensor], devices: set[torch.device]) -> bool:
+        # one op on one device; one by one where layers sit on several (device_map)
+        return bool(torch.cat(gains).any()) if len(devices) == 1 else any(bool(gain.any()) for gain in gains)
+
+    def train(self, mode: bool = True) -> Self:
+        """`nn.Module.train`; it also drops the cached zero-ω answer (see `reweights_attention`)."""
+        self._omega_version = None
         return super().train(mode)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -318,7 +329,9 @@ class FreqViTModel(FreqViTPreTrainedModel):
             )
         grid = (height // patch_h, width // patch_w)
         configured = patch_grid(self.config.image_size, self.config.patch_size)
-        if interpolate and (not isinstance(self.config.patch_size, int) or configured[0] != configured[1]):
+        # transformers' ViT keeps its position embeddings for a square image of the configured grid, else interpolates
+        interpolated = interpolate and (grid[0] * grid[1] != configured[0] * configured[1] or height != width)
+        if interpolated and (not isinstance(self.config.patch_size, int) or configured[0] != configured[1]):
             raise ValueError(
                 "interpolate_pos_encoding: transformers' ViT interpolates a square grid of position embeddings cut "
                 f"by one int patch_size; this model has image_size {self.config.image_size} and patch_size "
@@ -376,7 +389,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         return FreqViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            hidden_states=all_hidden_states if output_hidden_states is not None and output_hidden_states is not False else None,
+            hidden_states=None if output_hidden_states is None or output_hidden_states is False else all_hidden_states,
             attentions=all_attentions,
             token_provenance=tokens.provenance if output_token_provenance else None,
             auxiliary_loss=tokens.auxiliary_loss,
@@ -400,7 +413,7 @@ class FreqViTForImageClassification(FreqViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         output_token_provenance: bool = False,
         **kwargs,
     ) -> FreqViTImageClassifierOutput:

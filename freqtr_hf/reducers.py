@@ -281,7 +281,7 @@ class KMedoidsReducer(TokenReducer):
     def forward(self, hidden_states, maps, tokens):
         tokens_in = hidden_states[:, 1:]
         num_clusters = self.stage.kept(tokens_in.shape[1])
-        received = maps.probs.float().mean(dim=(1, 2))[:, 1:]  # in bf16 the mean would tie many tokens
+        received = maps.probs.mean(dim=(1, 2), dtype=torch.float32)[:, 1:]  # a bf16 mean ties many tokens
         initial = received.topk(num_clusters, dim=1).indices.sort(dim=1).values
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
         token_sizes = tokens.token_sizes()[:, 1:]

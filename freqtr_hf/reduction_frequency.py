@@ -15,7 +15,7 @@ def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
     attention_probs: (B, h, n, n) row-stochastic attention, before any reweighting. Returns (B, n).
     """
     n = attention_probs.shape[-1]
-    return attention_probs.float().mean(dim=(1, 2)) - 1.0 / n
+    return attention_probs.mean(dim=(1, 2), dtype=torch.float32) - 1.0 / n
 
 
 def high_frequency_logit_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:

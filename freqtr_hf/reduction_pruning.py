@@ -11,7 +11,7 @@ from .token_state import grid_constant
 def cls_attention_scores(attention_probs: torch.Tensor) -> torch.Tensor:
     """Attention from the CLS token to every token, averaged over heads in fp32 (half-precision means tie and
     reorder tokens): (B, h, n, n) -> (B, n)."""
-    return attention_probs[:, :, 0].float().mean(dim=1)
+    return attention_probs[:, :, 0].mean(dim=1, dtype=torch.float32)
 
 
 def top_k_in_order(scores: torch.Tensor, num_keep: int) -> torch.LongTensor:
@@ -31,14 +31,14 @@ def radial_scores(grid: tuple[int, int], norm: str = "l2", device: torch.device 
     on every device whatever its top-k does with ties. A constant per grid: computed once and cached (callers must
     not modify it)."""
     rows, cols = grid
-    row = torch.arange(rows, dtype=torch.float64) - (rows - 1) / 2
-    col = torch.arange(cols, dtype=torch.float64) - (cols - 1) / 2
-    offsets = torch.stack(torch.meshgrid(row, col, indexing="ij"), dim=-1).reshape(-1, 2)
-    distance = torch.linalg.vector_norm(offsets, ord={"l1": 1, "l2": 2, "linf": float("inf")}[norm], dim=-1)
-    # offsets are half-integers, so equal distances are equal exactly; a stable sort keeps them in patch order
-    order = torch.sort(distance, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(0, order, torch.arange(rows * cols))
-    return (-ranks).float().to(device)
+    # twice the offset from the centre, in integers: exact on any device, so equal distances are equal
+    row = 2 * torch.arange(rows, device=device) - (rows - 1)
+    col = 2 * torch.arange(cols, device=device) - (cols - 1)
+    row, col = (offset.abs().flatten() for offset in torch.meshgrid(row, col, indexing="ij"))
+    distance = {"l1": row + col, "l2": row * row + col * col, "linf": torch.maximum(row, col)}[norm]
+    order = torch.sort(distance, stable=True).indices  # stable: equal distances stay in patch order
+    ranks = torch.empty_like(order).scatter_(0, order, torch.arange(rows * cols, device=device))
+    return -ranks.float()
 
 
 def adaptive_sample(scores: torch.Tensor, num_samples: int, valid: torch.BoolTensor) -> tuple[torch.Tensor, torch.Tensor]:

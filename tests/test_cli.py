@@ -206,9 +206,11 @@ def test_output_files_get_their_folders_before_the_run(tiny_checkpoint, tmp_path
     assert json.loads(output.read_text())["results"] and state.exists()
     (tmp_path / "a file").write_text("")
     for flag, path, message in (("--output", tmp_path, "is a folder; give a file name"),
-                                ("--state-file", tmp_path / "a file" / "state.json", "cannot create the folder")):
+                                ("--state-file", tmp_path / "a file" / "state.json", "cannot create the folder"),
+                                ("--output", state, "would overwrite the --state-file")):
         capsys.readouterr()
-        assert main(evaluate(tiny_checkpoint, flag, str(path))) == 2
+        extra = ["--state-file", str(state)] if flag == "--output" else []
+        assert main(evaluate(tiny_checkpoint, flag, str(path), *extra)) == 2
         stderr = capsys.readouterr().err
         error = error_lines(stderr)
         assert len(error) == 1 and error[0].startswith(f"freqtr-hf: {flag}: ") and message in error[0]

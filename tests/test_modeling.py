@@ -287,6 +287,30 @@ def test_other_resolutions_that_cannot_work_are_refused(fields, message):
         model(torch.randn(1, 3, 96, 96), interpolate_pos_encoding=True)
 
 
+def test_interpolation_at_the_configured_size_keeps_working():
+    """transformers' ViT returns its own position embeddings for a square image of the configured grid, whatever
+    the form of patch_size."""
+    model = FreqViTForImageClassification(tiny_config(patch_size=(8, 8))).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels, interpolate_pos_encoding=True).logits, model(pixels).logits)
+
+
+def test_a_model_with_an_offloaded_layer_runs():
+    """accelerate's offload keeps a layer's weights on the meta device until its forward: the zero-ω check, which
+    runs before the layers, must not read them."""
+    from accelerate import cpu_offload
+
+    torch.manual_seed(0)
+    model = FreqViTForImageClassification(tiny_config()).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        cpu_offload(model.vit.layers[2], execution_device=torch.device("cpu"))
+        assert model.vit.layers[2].attention.high_pass_gain.device.type == "meta"
+        torch.testing.assert_close(model(pixels).logits, expected)
+
+
 def test_a_model_built_in_inference_mode_runs():
     with torch.inference_mode():
         model = FreqViTForImageClassification(tiny_config()).eval()
