@@ -10,6 +10,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,8 @@ def load_images(
             raise ValueError(f"data: no images under {data}")
         # explicit data_files: file names such as ILSVRC2012_val_* would otherwise make `datasets` split them off
         # explicit labels: with a single class folder `datasets` would drop them
-        dataset = datasets.load_dataset("imagefolder", data_files={"eval": files}, split="eval", drop_labels=False)
+        with _quiet_datasets():  # its "Downloading data" bars for local files read oddly offline
+            dataset = datasets.load_dataset("imagefolder", data_files={"eval": files}, split="eval", drop_labels=False)
         if len(dataset) != len(files):
             raise RuntimeError(f"data: {len(files)} images found under {data} but {len(dataset)} loaded")
         return dataset.cast_column("image", datasets.Image(decode=False))
@@ -89,6 +92,18 @@ def load_images(
         raise ValueError(f"data: {data} has no 'image' column (columns: {', '.join(dataset.column_names)})")
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.select(range(0, len(dataset), every)) if every > 1 else dataset
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` without its progress bars, restored as they were."""
+    were_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not were_disabled:
+            datasets.utils.enable_progress_bars()
 
 
 def data_fingerprint(dataset: datasets.Dataset) -> str:

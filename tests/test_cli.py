@@ -85,6 +85,16 @@ def test_models_are_warmed_up_then_timed_in_a_rotating_order(tiny_checkpoint):
     assert [r.images for r in results] == [12, 12, 12] and results[0].agreement == 1.0
 
 
+def test_a_local_folder_loads_without_download_bars(tmp_path, capfd):
+    import datasets
+
+    write_images(tmp_path / "data", ["a", "b"], 3)
+    assert len(load_images(str(tmp_path / "data"))) == 6
+    err = capfd.readouterr().err
+    assert "Generating eval split" not in err and "Downloading data" not in err
+    assert not datasets.utils.are_progress_bars_disabled()  # the caller's setting is left as it was
+
+
 def test_a_saved_dataset_dict_is_read_by_split(tmp_path):
     write_images(tmp_path / "images", ["a", "b"], 2)
     split = load_images(str(tmp_path / "images")).train_test_split(test_size=2, seed=0)
