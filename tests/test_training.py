@@ -126,8 +126,9 @@ def test_latest_takes_only_complete_step_folders(tiny_run, tmp_path):
 
 def test_a_non_empty_output_dir_is_refused_before_any_work(tiny_run, tmp_path):
     (tmp_path / "notes.txt").write_text("a previous run")
-    # the training folder does not exist: a refusal after any loading would name it instead
-    missing = ["--train_dir", str(tmp_path / "absent")]
+    # the training folder holds no images: a refusal after any loading would name it instead
+    (tmp_path / "empty").mkdir()
+    missing = ["--train_dir", str(tmp_path / "empty")]
     with pytest.raises(SystemExit, match="is not empty.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
         finetune.main([*run_args(tiny_run, tmp_path, "--max_train_steps", "2"), *missing])
     with pytest.raises(SystemExit, match="holds no run of this script to resume"):
@@ -171,7 +172,8 @@ def test_resuming_with_another_model_is_refused(tiny_run, tmp_path):
 def test_missing_optional_dependencies_are_reported_at_start(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not importable
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    args = [*run_args(tiny_run, tmp_path, "--with_tracking"), "--train_dir", str(tmp_path / "absent")]
+    (tmp_path / "empty").mkdir()  # no images: loading would fail, so the report must come first
+    args = [*run_args(tiny_run, tmp_path / "out", "--with_tracking"), "--train_dir", str(tmp_path / "empty")]
     with pytest.raises(SystemExit, match=r"missing matplotlib .*tensorboard .*pip install -e \"\.\[train\]\""):
         finetune.main(args)
 
@@ -231,12 +233,12 @@ def test_calibration_trains_only_the_reduction_parameters(tiny_run, tmp_path):
 @pytest.mark.parametrize("flags, learning_rate, ema_decay", [
     ([], 1e-4, 0.9998), (["--calibrate"], 3e-2, 0.0), (["--calibrate", "--learning_rate", "0.1"], 0.1, 0.0),
 ])
-def test_calibration_has_its_own_defaults(flags, learning_rate, ema_decay):
-    args = finetune.parse_args(["--train_dir", "data", "--output_dir", "out", *flags])
+def test_calibration_has_its_own_defaults(flags, learning_rate, ema_decay, tmp_path):
+    args = finetune.parse_args(["--train_dir", str(tmp_path), "--output_dir", "out", *flags])
     assert (args.learning_rate, args.ema_decay) == (learning_rate, ema_decay)
 
 
-def test_calibration_takes_a_folder_of_any_images(tiny_run, tmp_path):
+def test_calibration_takes_a_folder_of_any_images(tiny_run, tmp_path, capsys):
     # no class of the pretrained head: distillation reads no labels, so the head stays and nothing is refused
     write_images(tmp_path / "photos", ["holiday"], 6, seed=3)
     args = ["--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(tmp_path / "photos"),
@@ -246,6 +248,7 @@ def test_calibration_takes_a_folder_of_any_images(tiny_run, tmp_path):
     results = finetune.main(args)
     assert FreqViTForImageClassification.from_pretrained(tmp_path / "out" / "model").config.num_labels == 10
     assert results["after"]["num_labelled"] == 0 and "top1" not in results["after"]
+    assert "validation top-1 is not reported" in capsys.readouterr().err
     assert 0 <= results["after"]["agreement"] <= 1 and results["after"]["images_per_second"] > 0
 
 
@@ -258,9 +261,39 @@ def test_max_train_samples_draws_from_every_class(tiny_run, tmp_path, capsys):
     # the folder's first 8 images are all "class 0": a random draw of 8 is not
     subset = finetune.load_split(finetune.parse_args(run_args(tiny_run, tmp_path, "--max_train_samples", "8")), train=True)
     assert len(subset) == 8 and set(subset["label"]) == {0, 1}
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max_train_steps", "0", "argument --max_train_steps: must be a whole number >= 1, got 0"),
+    ("--max_train_samples", "0", "argument --max_train_samples: must be a whole number >= 1, got 0"),
+    ("--gradient_accumulation_steps", "0", "argument --gradient_accumulation_steps: must be a whole number >= 1"),
+    ("--per_device_train_batch_size", "0", "argument --per_device_train_batch_size: must be a whole number >= 1"),
+    ("--eval_steps", "0", "argument --eval_steps: must be a whole number >= 1, got 0"),
+    ("--learning_rate", "-1", "argument --learning_rate: must be a number > 0, got -1"),
+    ("--ema_decay", "1.5", "argument --ema_decay: must be in [0, 1), got 1.5"),
+    ("--synsets", "no-such-file.txt", "--synsets: no file no-such-file.txt"),
+    ("--validation_dir", "no-such-folder", "--validation_dir: no folder no-such-folder"),
+    ("--model_name_or_path", "./no-such-model", "--model_name_or_path: no folder ./no-such-model"),
+])
+def test_bad_arguments_are_refused_by_name_before_any_work(tiny_run, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit):
-        finetune.parse_args(run_args(tiny_run, tmp_path / "other", "--max_train_samples", "0"))
-    assert "--max_train_samples must be >= 1, got 0" in capsys.readouterr().err
+        finetune.main(run_args(tiny_run, tmp_path / "out", flag, value))
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no run.json left to block the corrected command
+
+
+def test_validation_on_other_classes_of_the_pretrained_head_reports_top1(tiny_run, tmp_path, capsys):
+    """Calibrating on photos of no class, then validating on classes of the pretrained head: the validation labels
+    map to the head, not to the training folders."""
+    write_images(tmp_path / "photos", ["holiday"], 6, seed=3)
+    write_images(tmp_path / "other val", ["class 5", "class 7"], 3, seed=4)
+    args = ["--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(tmp_path / "photos"),
+            "--validation_dir", str(tmp_path / "other val"), "--output_dir", str(tmp_path / "out"),
+            "--per_device_train_batch_size", "3", "--reduction_layers", "1", "2", "--dc_window_sizes", "2", "1",
+            "--max_train_steps", "1", "--calibrate"]
+    results = finetune.main(args)
+    assert results["after"]["num_labelled"] == 6 and "top1" in results["after"]
+    assert "top-1 is not reported" not in capsys.readouterr().err
 
 
 class RecordingHubApi:

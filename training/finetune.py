@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +43,11 @@ from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping,
 from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
-    gmacs, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
+    gmacs, is_hub_id, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
 )
-from freqtr_hf_cli import HelpFormatter
+from freqtr_hf_cli import (
+    HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
+)
 
 
 CHECKPOINT = re.compile(r"step_(\d+)")
@@ -74,35 +77,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validation_dir", help="a folder of class sub-folders")
     parser.add_argument("--train_split", default="train", help="split of --dataset_name to train on")
     parser.add_argument("--validation_split", default="validation", help="split of --dataset_name to evaluate on")
-    parser.add_argument("--validation_every", type=int, default=1, help="evaluate on every N-th validation image")
-    parser.add_argument("--max_train_samples", type=int,
+    parser.add_argument("--validation_every", type=positive_int, default=1, help="evaluate on every N-th validation image")
+    parser.add_argument("--max_train_samples", type=positive_int,
                         help="train on N images only, drawn at random (--seed) from the training data")
     parser.add_argument("--synsets", help="class list mapping folder names (wnids) to the pretrained head's classes")
     parser.add_argument("--output_dir", required=True, help="checkpoints, model/, results.json, learning_curve.png")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start afresh in a non-empty --output_dir, removing the previous run's checkpoints and outputs")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=64, help="images per step and process")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="images per evaluation batch")
-    parser.add_argument("--learning_rate", type=float,
+    parser.add_argument("--per_device_train_batch_size", type=positive_int, default=64, help="images per step and process")
+    parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=64, help="images per evaluation batch")
+    parser.add_argument("--learning_rate", type=positive_float,
                         help="AdamW learning rate (default: 1e-4, or 3e-2 with --calibrate)")
-    parser.add_argument("--weight_decay", type=float, default=2e-5, help="AdamW weight decay")
-    parser.add_argument("--num_train_epochs", type=int, default=30, help="epochs, unless --max_train_steps is given")
-    parser.add_argument("--max_train_steps", type=int, help="optimizer steps in all; overrides --num_train_epochs")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=2e-5, help="AdamW weight decay")
+    parser.add_argument("--num_train_epochs", type=positive_int, default=30, help="epochs, unless --max_train_steps is given")
+    parser.add_argument("--max_train_steps", type=positive_int, help="optimizer steps in all; overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="batches per optimizer step")
     parser.add_argument("--lr_scheduler_type", default="cosine", help="a transformers scheduler name")
-    parser.add_argument("--num_warmup_steps", type=int, default=0, help="learning-rate warm-up steps")
-    parser.add_argument("--ema_decay", type=float,
+    parser.add_argument("--num_warmup_steps", type=non_negative_int, default=0, help="learning-rate warm-up steps")
+    parser.add_argument("--ema_decay", type=decay,
                         help="EMA of the weights; 0 disables it (default: 0.9998, or 0 with --calibrate)")
-    parser.add_argument("--distill_weight", type=float, default=0.5, help="weight of the KL term next to CE")
+    parser.add_argument("--distill_weight", type=non_negative_float, default=0.5, help="weight of the KL term next to CE")
     parser.add_argument("--distill_only", action="store_true", help="loss: KL to the teacher alone, no labels")
     parser.add_argument("--calibrate", action="store_true",
                         help="train only the reduction's own parameters (freq: ω1, ω2, DC position embeddings), by KL "
                         "to the teacher alone (implies --distill_only); the ViT's weights stay unchanged")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler, the augmentation and new weights")
-    parser.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
+    parser.add_argument("--checkpointing_steps", type=positive_int, help="save a resumable checkpoint every N steps")
     parser.add_argument("--resume_from_checkpoint",
                         help="a checkpoint folder (step_N), or 'latest': the newest in --output_dir")
-    parser.add_argument("--eval_steps", type=int, help="evaluate every N steps (and always before and at the end)")
+    parser.add_argument("--eval_steps", type=positive_int, help="evaluate every N steps (and always before and at the end)")
     parser.add_argument("--with_tracking", action="store_true", help="log metrics to --report_to")
     parser.add_argument("--report_to", default="tensorboard", help="accelerate tracker for --with_tracking")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: bf16 where supported")
@@ -130,10 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
     if args.preset != "paper" and args.reduction_method != "freq":
         parser.error(f"--preset {args.preset} sets options of freq; got --reduction_method {args.reduction_method}")
-    if args.validation_every < 1:
-        parser.error(f"--validation_every must be >= 1, got {args.validation_every}")
-    if args.max_train_samples is not None and args.max_train_samples < 1:
-        parser.error(f"--max_train_samples must be >= 1, got {args.max_train_samples}")
+    # a missing local path is named before anything mistakes it for a Hub id or fails later
+    if args.synsets and not Path(args.synsets).is_file():
+        parser.error(f"--synsets: no file {args.synsets}")
+    for flag in ("train_dir", "validation_dir"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).exists():
+            parser.error(f"--{flag}: no folder {getattr(args, flag)}")
+    if not is_hub_id(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
+        parser.error(f"--model_name_or_path: no folder {args.model_name_or_path}")
     for name, value in (CALIBRATION_DEFAULTS if args.calibrate else FINE_TUNING_DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -503,7 +510,14 @@ def main(argv: list[str] | None = None) -> dict:
     eval_loader = None
     if eval_data is not None:
         eval_label_names = eval_data.features["label"].names if "label" in eval_data.features else []
-        eval_label_of = [label_of[label_names.index(n)] if n in label_names else -1 for n in eval_label_names]
+        if teacher is not None:  # the pretrained head: validation classes map to it as the training classes do
+            eval_label_of = label_mapping(eval_label_names, student.config.id2label, args.synsets)
+        else:  # a new head, one class per training folder
+            eval_label_of = [label_of[label_names.index(n)] if n in label_names else -1 for n in eval_label_names]
+        if accelerator.is_main_process and all(index < 0 for index in eval_label_of):
+            print("validation top-1 is not reported: no validation class is one of the model's classes (with the "
+                  "pretrained head, wnid folders and --synsets map them); only agreement with the unreduced model is reported",
+                  file=sys.stderr)
         eval_loader = torch.utils.data.DataLoader(
             eval_data, batch_size=args.per_device_eval_batch_size,
             collate_fn=make_collate(processor, eval_label_of, train=False),
