@@ -293,7 +293,12 @@ def test_validation_on_other_classes_of_the_pretrained_head_reports_top1(tiny_ru
             "--max_train_steps", "1", "--calibrate"]
     results = finetune.main(args)
     assert results["after"]["num_labelled"] == 6 and "top1" in results["after"]
-    assert "top-1 is not reported" not in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "top-1 is not reported" not in printed.err
+    # the run ends with its summary: where the model is, and top-1 / agreement before and after
+    assert f"1 step; model written to {tmp_path / 'out' / 'model'}" in printed.out
+    after = results["after"]
+    assert f"after     top-1 {100 * after['top1']:.1f}%, agreement {100 * after['agreement']:.1f}%" in printed.out
 
 
 class RecordingHubApi:

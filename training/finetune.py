@@ -640,8 +640,22 @@ def main(argv: list[str] | None = None) -> dict:
         plot_learning_curve(history, output_dir / "learning_curve.png")
         if args.push_to_hub:
             publish_to_hub(model_dir, args.hub_model_id, token=args.hub_token)
+        print(run_summary(results, model_dir))
     accelerator.wait_for_everyone()
     return results
+
+
+def run_summary(results: dict, model_dir: Path) -> str:
+    """The lines a finished run prints: top-1 and agreement before and after, and where the model is."""
+    steps = results["steps"]
+    lines = [f"{steps} step{'s' * (steps != 1)}; model written to {model_dir}"]
+    for row in ("unreduced", "before", "after"):
+        if row in results:
+            measured = results[row]
+            top1 = f"top-1 {100 * measured['top1']:.1f}%" if measured.get("top1") is not None else "top-1 -"
+            agreement = measured.get("agreement")
+            lines.append(f"  {row:<9} {top1}" + (f", agreement {100 * agreement:.1f}%" if agreement is not None else ""))
+    return "\n".join(lines)
 
 
 def training_summary(args, steps: int, accelerator: Accelerator) -> str:
