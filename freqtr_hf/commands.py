@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from .configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
 from .evaluation import format_table, results_json, run_evaluation, write_atomically
+from .publishing import is_hub_id
 
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
@@ -32,14 +33,14 @@ def reduction_overrides(args: argparse.Namespace) -> dict:
 def check_local_paths(args: argparse.Namespace) -> None:
     """Name a flag whose local path is missing, before anything mistakes it for a Hub id."""
     model = Path(args.model)
-    if _looks_local(args.model) and not model.exists():
+    if not is_hub_id(args.model) and not model.exists():
         raise ValueError(f"--model: no folder {args.model}")
     if model.is_dir() and not (model / "config.json").exists():
         raise ValueError(f"--model: {args.model} has no config.json, so it is not a checkpoint folder")
     if getattr(args, "synsets", None) and not Path(args.synsets).is_file():
         raise ValueError(f"--synsets: no file {args.synsets}")
     for data in args.data if isinstance(args.data, list) else [args.data]:
-        if data and _looks_local(data) and not Path(data).exists():
+        if data and not is_hub_id(data) and not Path(data).exists():
             raise ValueError(f"--data: no folder {data}")
 
 
@@ -58,11 +59,6 @@ def prepare_output_files(args: argparse.Namespace) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ValueError(f"{flag}: cannot create the folder of {path} ({error.strerror or error})") from error
-
-
-def _looks_local(name: str) -> bool:
-    """A path rather than a Hub id (`owner/name`): absolute, relative with ./ or ../, or under the home folder."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
