@@ -33,22 +33,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from methods import add_shared_data_arguments, check_shared_data_arguments, matched_tome_r  # noqa: E402
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
-from freqtr_hf.fingerprint import slug, value_digest  # noqa: E402
+from freqtr_hf.fingerprint import slug  # noqa: E402
 from freqtr_hf.evaluation import (  # noqa: E402
-    EvaluationState, build_models, compare_methods, label_mapping, load_images, run_fingerprint,
+    EvaluationState, build_models, compare_methods, label_mapping, label_names, load_images, run_fingerprint,
 )
 from freqtr_hf_cli import positive_int  # noqa: E402
 
 
-# each option of the preset alone, then together; one more row: the preset with the paper's attention-free score
+# each option of the preset alone, then together; then the preset with one choice changed (features, score)
 ABLATION = {
     "freq (paper)": {},
     "+ proportional attention": {"proportional_attention": True},
+    "+ proportional attention, DC keys size^0.5": {"proportional_attention": True, "dc_key_weight_exponent": 0.5},
     "+ nearest merge": {"low_frequency_merge": "nearest"},
-    "+ nearest merge on keys, proportional attention": {
-        "low_frequency_merge": "nearest", "merge_features": "keys", "proportional_attention": True,
-    },
+    "+ nearest merge, proportional attention": {"low_frequency_merge": "nearest", "proportional_attention": True},
     "TRAINING_FREE_FREQ": TRAINING_FREE_FREQ,
+    "TRAINING_FREE_FREQ, merged on keys": {**TRAINING_FREE_FREQ, "merge_features": "keys"},
     "TRAINING_FREE_FREQ, logit scores": {**TRAINING_FREE_FREQ, "score_source": "logits"},
 }
 BASELINES = ("topk", "evit", "tome", "kmedoids", "ats")
@@ -150,12 +150,9 @@ def main() -> None:
             for keep_rate in args.keep_rates:
                 models |= {f"{table}|{name}|{keep_rate}": model
                            for name, model in table_models(args.model, table, keep_rate).items()}
-        labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
-        fingerprint = run_fingerprint(
-            args.model, models["none"].config, dataset, data, every=every, synsets=args.synsets,
-            batch_size=args.batch_size, tables=args.table, keep_rates=args.keep_rates,
-            row_configs=value_digest({key: model.config.to_diff_dict() for key, model in models.items()}),
-        )
+        labels = label_mapping(label_names(dataset), models["none"].config.id2label, args.synsets)
+        fingerprint = run_fingerprint(args.model, models, dataset, data, every=every, synsets=args.synsets,
+                                      batch_size=args.batch_size, tables=args.table, keep_rates=args.keep_rates)
         state_file = str(Path(args.state_dir) / f"{slug(str(Path(data).resolve()).strip('/'))}.json")
         try:
             results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size,

@@ -23,7 +23,7 @@ REDUCTION_FIELDS = (
     "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
     "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
     "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
-    "merge_features", "proportional_attention",
+    "merge_features", "proportional_attention", "dc_key_weight_exponent",
 )
 # The best frequency-aware model without training (docs/training_free.md): config overrides for `from_pretrained`.
 # It leaves the token budget (reduction_layers, keep_rate, dc_window_sizes) alone, so the MACs are the paper's.
@@ -31,9 +31,17 @@ TRAINING_FREE_FREQ = {
     "low_frequency_merge": "nearest",
     "merge_features": "hidden_states",
     "proportional_attention": True,
+    "dc_key_weight_exponent": 0.5,
 }
-# `freq`'s option sets by name, for the commands' `--preset`: the paper's method, and the training-free model
-FREQ_PRESETS = {"paper": {}, "training_free": TRAINING_FREE_FREQ}
+# `freq`'s option sets by name, for the commands' `--preset`: the paper's method (its values of the fields the
+# training-free model sets, so that it also resets a checkpoint saved with them), and the training-free model
+FREQ_PRESETS = {
+    "paper": {
+        "low_frequency_merge": "dc_window", "merge_features": "hidden_states", "proportional_attention": False,
+        "dc_key_weight_exponent": 1.0,
+    },
+    "training_free": TRAINING_FREE_FREQ,
+}
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
@@ -81,6 +89,10 @@ class FreqViTConfig(ViTConfig):
     proportional_attention (`bool`, defaults to `False`):
         For `"freq"`: every kept and DC token weighs, as an attention key, as many patches as it stands for (a
         `log size` bias on the attention logits, ToMe's proportional attention). Not for flash or flex attention.
+    dc_key_weight_exponent (`float`, defaults to `1.0`):
+        With `proportional_attention`, a DC token weighs `size ** dc_key_weight_exponent` attention keys: `1` as many
+        as the patches it averages (like every other token), `0` one key, between the two a tempered count. A DC
+        window that received no token stays masked. In [0, 1]; other values need `proportional_attention`.
     tome_r (`int`, *optional*):
         ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
         `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
@@ -112,6 +124,7 @@ class FreqViTConfig(ViTConfig):
     low_frequency_merge: str = "dc_window"
     merge_features: str = "hidden_states"
     proportional_attention: bool = False
+    dc_key_weight_exponent: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -157,6 +170,13 @@ class FreqViTConfig(ViTConfig):
         weight = self.dynamicvit_ratio_weight
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"dynamicvit_ratio_weight: must be a finite number >= 0, got {weight}")
+        exponent = self.dc_key_weight_exponent
+        if not 0.0 <= exponent <= 1.0:  # also refuses NaN
+            raise ValueError(f"dc_key_weight_exponent: must be in [0, 1], got {exponent!r}")
+        if exponent != 1.0 and not self.proportional_attention:
+            raise ValueError(
+                f"dc_key_weight_exponent: weighs DC tokens under proportional_attention, which is off; got {exponent!r}"
+            )
         layers = self.reduction_layers
         rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
         if len(rates) != len(layers):
@@ -165,7 +185,7 @@ class FreqViTConfig(ViTConfig):
             )
         if any(not 0.0 < rate <= 1.0 for rate in rates):  # also refuses NaN
             raise ValueError(f"keep_rate: every rate must be in (0, 1], got {self.keep_rate!r}")
-        if len(self.dc_window_sizes) != len(layers):
+        if self.reduction_method == "freq" and len(self.dc_window_sizes) != len(layers):  # only freq has DC windows
             raise ValueError(
                 f"dc_window_sizes: {len(self.dc_window_sizes)} values for {len(layers)} reduction_layers"
             )
@@ -214,9 +234,10 @@ class FreqViTConfig(ViTConfig):
             return []
         if self.tome_r is not None:
             return [ReductionStage(layer, 1.0, remove=self.tome_r) for layer in range(self.num_hidden_layers)]
+        sizes = self.dc_window_sizes if self.reduction_method == "freq" else (1,) * len(self.reduction_layers)
         return [
             ReductionStage(layer, rate, size)
-            for layer, rate, size in zip(self.reduction_layers, self.keep_rates, self.dc_window_sizes)
+            for layer, rate, size in zip(self.reduction_layers, self.keep_rates, sizes)
             if rate < 1.0
         ]
 

@@ -25,7 +25,7 @@ DEFAULT_LICENSE = "apache-2.0"
 # freq's options beyond its token budget: the card lists those a model sets away from the paper's method
 FREQ_OPTIONS = (
     "attention_reweighting", "dc_position_embedding", "dc_update", "dc_empty_fill", "score_source",
-    "low_frequency_merge", "merge_features", "proportional_attention",
+    "low_frequency_merge", "merge_features", "proportional_attention", "dc_key_weight_exponent",
 )
 INSTALL = 'pip install "transformers>=5" torch pillow'
 CITATION = """@inproceedings{lee2025frequency,
@@ -51,6 +51,8 @@ def method_summary(config: FreqViTConfig) -> str:
     """What the card says the reduction does, in a phrase."""
     if config.reduction_method == "freq" and config.low_frequency_merge == "nearest":
         weights = ", and every token weighs as many attention keys as the patches it holds"
+        if config.dc_key_weight_exponent != 1.0:
+            weights += f" (a DC token that count to the power {config.dc_key_weight_exponent:g})"
         return (
             "frequency-aware token reduction with training-free options (freqtr_hf.TRAINING_FREE_FREQ): the "
             "high-frequency tokens are kept, and each low-frequency one joins the most similar kept token or its "

@@ -9,6 +9,7 @@ registry; the attention and layer code stay as they are.
 import torch
 from torch import nn
 
+from .configuration_freqvit import FreqViTConfig
 from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from .reduction_frequency import (
     absorb_into_kept_tokens,
@@ -34,6 +35,9 @@ from .token_schedule import ReductionStage, merged_counts, patch_grid, stage_out
 from .token_state import AttentionMaps, TokenState, gather_tokens, group_means
 
 
+Reduced = tuple[torch.Tensor, TokenState]  # what a reducer returns: the hidden states (B, n', C) and their state
+
+
 class TokenReducer(nn.Module):
     """Base of the reducers: the stage it runs and the one before it (`None` for the first).
 
@@ -42,12 +46,13 @@ class TokenReducer(nn.Module):
 
     needs_attention_probs = True
 
-    def __init__(self, config, stages: list[ReductionStage], index: int):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__()
         self.stage = stages[index]
         self.previous_stage = stages[index - 1] if index else None
 
-    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
+        """The reduced hidden states (B, n', C) and their `TokenState`."""
         raise NotImplementedError
 
 
@@ -72,7 +77,7 @@ class FrequencyReducer(TokenReducer):
     window's DC centre instead, and with `proportional_attention` every token weighs as many attention keys as the
     patches it stands for (see docs/training_free.md)."""
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.count_weighted = config.dc_update == "count_weighted"
         self.fill_global_mean = config.dc_empty_fill == "global_mean"
@@ -80,19 +85,23 @@ class FrequencyReducer(TokenReducer):
         self.merge_nearest = config.low_frequency_merge == "nearest"
         self.merge_on_keys = config.merge_features == "keys"
         self.proportional_attention = config.proportional_attention
+        self.dc_key_weight_exponent = config.dc_key_weight_exponent
         num_windows = self.stage.window_size**2
         self.dc_position_embeddings = (
             nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
         )
 
-    def dc_means(self, low, low_windows, low_sizes, old_dc, tokens, old_dc_windows):
+    def dc_means(
+        self, low: torch.Tensor, low_windows: torch.Tensor, low_sizes: torch.Tensor, old_dc: torch.Tensor | None,
+        tokens: TokenState, old_dc_windows: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The DC tokens of `low` (B, l, C) and `old_dc` (B, d, C), and their patch counts (B, W)."""
         return merge_into_dc_tokens(
-            low, low_windows, self.stage.window_size**2, old_dc, tokens.merged_sizes, old_dc_windows,
-            count_weighted=self.count_weighted, fill_global_mean=self.fill_global_mean, low_sizes=low_sizes,
+            low, low_windows, low_sizes, self.stage.window_size**2, old_dc, tokens.merged_sizes, old_dc_windows,
+            count_weighted=self.count_weighted, fill_global_mean=self.fill_global_mean,
         )
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         num_candidates, window_size = tokens.num_candidates, self.stage.window_size
         if self.needs_attention_probs:
             scores = high_frequency_scores(maps.probs)
@@ -143,6 +152,7 @@ class FrequencyReducer(TokenReducer):
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target, join_target,
             kept_sizes=kept_sizes, kept_tokens=kept, proportional_attention=self.proportional_attention,
+            merged_key_exponent=self.dc_key_weight_exponent,
         )
 
 
@@ -152,7 +162,7 @@ class TopKReducer(TokenReducer):
     def scores(self, maps: AttentionMaps, tokens: TokenState) -> torch.Tensor:
         return cls_attention_scores(maps.probs)[:, 1 : 1 + tokens.num_candidates]
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         keep_idx = top_k_in_order(self.scores(maps, tokens), self.stage.kept(tokens.num_candidates))
         return tokens.reduce(self.stage.layer, hidden_states, keep_idx)
 
@@ -162,11 +172,11 @@ class RadialReducer(TopKReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.norm = config.radial_norm
 
-    def scores(self, maps, tokens):
+    def scores(self, maps: AttentionMaps, tokens: TokenState) -> torch.Tensor:
         return radial_scores(tokens.grid, self.norm, tokens.patch_ids.device)[tokens.patch_ids]
 
 
@@ -175,7 +185,7 @@ class EViTReducer(TokenReducer):
     average), an earlier fused token competing like any token; fuse the rest into one new token, their sum weighted
     by that attention, appended last."""
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         cls_attention = cls_attention_scores(maps.probs)[:, 1:]
         num_keep, _ = stage_output("evit", self.stage, tokens.num_candidates, tokens.num_merged)
         keep_idx = top_k_in_order(cls_attention, num_keep)
@@ -194,7 +204,7 @@ class ATSReducer(TokenReducer):
     """ATS: significance = CLS attention × value norm (summed over heads); inverse-transform sampling at evenly
     spaced quantiles keeps each image's own number of tokens; padding is masked out of attention."""
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         num_candidates = tokens.num_candidates
         significance = (maps.probs[:, :, 0] * maps.values.norm(dim=-1)).sum(dim=1)[:, 1 : 1 + num_candidates]
         valid = tokens.valid[:, 1 : 1 + num_candidates] if tokens.valid is not None else torch.ones_like(
@@ -218,7 +228,7 @@ class DynamicViTReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.predictor = KeepPredictor(config.hidden_size)
         self.ratio_weight = config.dynamicvit_ratio_weight
@@ -226,7 +236,7 @@ class DynamicViTReducer(TokenReducer):
         for stage in stages[: index + 1]:
             self.target_ratio *= stage.keep_rate
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         num_candidates = tokens.num_candidates
         candidates = hidden_states[:, 1 : 1 + num_candidates]
         current = tokens.key_weights[:, 1 : 1 + num_candidates] if tokens.key_weights is not None else torch.ones(
@@ -252,7 +262,7 @@ class ToMeReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         keys = maps.keys.mean(dim=1)
         sizes = tokens.token_sizes()
         if self.stage.remove is not None:
@@ -274,11 +284,11 @@ class KMedoidsReducer(TokenReducer):
     """K-Medoids: a few k-medoids iterations on the token features, started from the tokens that receive the most
     attention; the sequence becomes the medoid tokens."""
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.iterations = config.cluster_iterations
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         tokens_in = hidden_states[:, 1:]
         num_clusters = self.stage.kept(tokens_in.shape[1])
         received = maps.probs.mean(dim=(1, 2), dtype=torch.float32)[:, 1:]  # a bf16 mean ties many tokens
@@ -306,12 +316,12 @@ class DPCKNNReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.neighbours = config.dpc_neighbours
         self.token_score = TokenScore(config.hidden_size)
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         tokens_in = hidden_states[:, 1:]
         num_clusters = self.stage.kept(tokens_in.shape[1])
         _, assignment = density_peak_centres(pairwise_distances(tokens_in), num_clusters, self.neighbours)
@@ -332,7 +342,7 @@ class SoftMergeReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         grid = patch_grid(config.image_size, config.patch_size)
         self.num_outputs = merged_counts(config.reduction_method, stages, grid)[index]
@@ -341,7 +351,7 @@ class SoftMergeReducer(TokenReducer):
         """(B, t, C) -> (B, t, k)."""
         raise NotImplementedError
 
-    def forward(self, hidden_states, maps, tokens):
+    def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         tokens_in = hidden_states[:, 1:]
         logits = self.assignment_logits(tokens_in)
         merged, sizes = soft_merge(tokens_in, logits, tokens.token_sizes()[:, 1:])
@@ -352,7 +362,7 @@ class SoftMergeReducer(TokenReducer):
 class SiTReducer(SoftMergeReducer):
     """SiT: an MLP predicts each token's assignment logits to the output tokens."""
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.assign = nn.Sequential(
             nn.LayerNorm(config.hidden_size),
@@ -361,31 +371,31 @@ class SiTReducer(SoftMergeReducer):
             nn.Linear(config.hidden_size, self.num_outputs),
         )
 
-    def assignment_logits(self, tokens_in):
+    def assignment_logits(self, tokens_in: torch.Tensor) -> torch.Tensor:
         return self.assign(tokens_in)
 
 
 class PatchMergerReducer(SoftMergeReducer):
     """PatchMerger: learnable queries attend over the (normalised) tokens."""
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.norm = nn.LayerNorm(config.hidden_size)
         self.queries = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
 
-    def assignment_logits(self, tokens_in):
+    def assignment_logits(self, tokens_in: torch.Tensor) -> torch.Tensor:
         return self.norm(tokens_in) @ self.queries.T * tokens_in.shape[-1] ** -0.5
 
 
 class SinkhornReducer(SoftMergeReducer):
     """Sinkhorn: cosine scores against learnable cluster centres, Sinkhorn-normalised into an assignment."""
 
-    def __init__(self, config, stages, index):
+    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.centres = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
         self.iterations = config.sinkhorn_iterations
 
-    def assignment_logits(self, tokens_in):
+    def assignment_logits(self, tokens_in: torch.Tensor) -> torch.Tensor:
         centres = nn.functional.normalize(self.centres.float(), dim=-1)
         cosine = nn.functional.normalize(tokens_in.float(), dim=-1) @ centres.T
         return sinkhorn_assignment(cosine, self.iterations)

@@ -128,7 +128,9 @@ class TokenState:
     auxiliary_loss: torch.Tensor | None = None
 
     @classmethod
-    def initial(cls, batch_size: int, grid: tuple[int, int], device, track_provenance: bool) -> "TokenState":
+    def initial(
+        cls, batch_size: int, grid: tuple[int, int], device: torch.device | str, track_provenance: bool
+    ) -> "TokenState":
         num_patches = grid[0] * grid[1]
         patch_ids = torch.arange(num_patches, device=device).expand(batch_size, -1)
         return cls(grid, patch_ids, patch_to_token=patch_ids + 1 if track_provenance else None)
@@ -178,6 +180,7 @@ class TokenState:
         kept_sizes: torch.Tensor | None = None,
         kept_tokens: torch.Tensor | None = None,
         proportional_attention: bool = False,
+        merged_key_exponent: float = 1.0,
     ) -> tuple[torch.Tensor, "TokenState"]:
         """Build `[CLS, kept tokens, merged tokens]` and the state that goes with it.
 
@@ -191,7 +194,8 @@ class TokenState:
         kept_tokens: (B, k, C) the kept tokens as the reducer changed them (tokens merged into them), or None: as
             they are in `hidden_states`.
         proportional_attention: every token weighs as many attention keys as the patches it stands for (CLS 1):
-            the key weights are made here from the sizes (in place of `key_weights`).
+            the key weights are made here from the sizes (in place of `key_weights`). A merged token then weighs
+            `size ** merged_key_exponent` keys (size 0 stays masked).
         """
         batch, length = hidden_states.shape[:2]
         num_kept = keep_idx.shape[1]
@@ -203,13 +207,17 @@ class TokenState:
                 sizes.append(kept_sizes)
             elif num_kept:
                 sizes.append(self.token_sizes()[:, 1:].gather(1, keep_idx))
-            if merged_sizes is not None:
+            tempered = merged_sizes is not None and merged_key_exponent != 1.0
+            if tempered:
+                sizes.append(torch.where(merged_sizes > 0, merged_sizes.pow(merged_key_exponent), 0.0))
+            elif merged_sizes is not None:
                 sizes.append(merged_sizes)
             key_weights = torch.cat(sizes, dim=1)
             # the state keeps slices of the weights, not the tensors concatenated: inductor (torch 2.13) can free
             # a concatenation's buffer while a tensor it wrote there is still in use (ToMe's sizes, next stage)
             kept_sizes = key_weights[:, 1 : 1 + num_kept] if kept_sizes is not None else None
-            merged_sizes = key_weights[:, 1 + num_kept :] if merged_sizes is not None else None
+            if merged_sizes is not None and not tempered:
+                merged_sizes = key_weights[:, 1 + num_kept :]
         kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, 1 + keep_idx)
         parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)

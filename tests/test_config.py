@@ -1,7 +1,8 @@
 import pytest
-from transformers import BertConfig
+from transformers import BertConfig, ViTConfig
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, TRAINING_FREE_FREQ
 from freqtr_hf.token_schedule import sequence_lengths
 
 from conftest import tiny_config
@@ -16,6 +17,21 @@ def test_defaults_follow_the_method():
     assert config.dc_window_sizes == (2, 1, 1)
     assert config.attention_reweighting and config.dc_position_embedding
     assert (config.dc_update, config.dc_empty_fill) == ("count_weighted", "global_mean")
+
+
+def test_reduction_fields_are_every_field_freqvit_adds_to_vit():
+    assert sorted(REDUCTION_FIELDS) == sorted(set(FreqViTConfig.__dataclass_fields__) - set(ViTConfig.__dataclass_fields__))
+
+
+def test_the_paper_preset_is_the_default_of_every_field_the_training_free_preset_sets():
+    assert FREQ_PRESETS["paper"] == {field: getattr(FreqViTConfig(), field) for field in TRAINING_FREE_FREQ}
+
+
+def test_only_freq_needs_a_dc_window_size_per_reduction_layer():
+    config = FreqViTConfig(reduction_method="topk", reduction_layers=(3, 6))  # the default (2, 1, 1) is unused
+    assert [stage.layer for stage in config.reduction_stages] == [3, 6]
+    with pytest.raises(ValueError, match="dc_window_sizes"):
+        FreqViTConfig(reduction_layers=(3, 6))
 
 
 def test_default_token_counts_per_stage():

@@ -38,6 +38,7 @@ def configs(draw) -> dict:
         "low_frequency_merge": draw(st.sampled_from(["dc_window", "nearest"])),
         "merge_features": draw(st.sampled_from(["keys", "hidden_states"])),
         "proportional_attention": draw(st.booleans()),
+        "dc_key_weight_exponent": draw(st.sampled_from([1.0, 0.5, 0.0, -1.0])),
     }
 
 

@@ -37,11 +37,11 @@ def test_absorb_into_kept_tokens_is_a_size_weighted_mean():
 
 def test_dc_tokens_weigh_low_tokens_by_size_and_leave_out_size_zero():
     low = torch.tensor([[[1.0], [5.0], [9.0]]])
-    dc, sizes = merge_into_dc_tokens(low, torch.tensor([[0, 0, 0]]), 1, low_sizes=torch.tensor([[3.0, 1.0, 0.0]]))
+    dc, sizes = merge_into_dc_tokens(low, torch.tensor([[0, 0, 0]]), torch.tensor([[3.0, 1.0, 0.0]]), 1)
     assert dc.item() == pytest.approx((3 * 1 + 5) / 4)
     assert sizes.tolist() == [[4.0]]
     token_mean, _ = merge_into_dc_tokens(
-        low, torch.tensor([[0, 0, 0]]), 1, low_sizes=torch.tensor([[3.0, 1.0, 0.0]]), count_weighted=False
+        low, torch.tensor([[0, 0, 0]]), torch.tensor([[3.0, 1.0, 0.0]]), 1, count_weighted=False
     )
     assert token_mean.item() == pytest.approx((1 + 5) / 2)
 
@@ -98,8 +98,36 @@ def test_every_patch_is_counted_once_and_weighs_its_size(features):
     for state in states:
         sizes = state.token_sizes()
         assert torch.equal(sizes.sum(1), torch.full((3,), 1.0 + 64))  # CLS + the 8x8 patches
-        assert torch.equal(state.key_weights, sizes)  # proportional attention: CLS 1, every token its patch count
+        # proportional attention: CLS 1, every kept token its patch count, a DC token its count tempered
+        dc = state.num_merged
+        torch.testing.assert_close(state.key_weights[:, :-dc], sizes[:, :-dc], atol=0, rtol=0)
+        torch.testing.assert_close(state.key_weights[:, -dc:], sizes[:, -dc:] ** TRAINING_FREE_FREQ[
+            "dc_key_weight_exponent"])
     assert (states[-1].candidate_sizes > 1).any()  # some low-frequency token joined a kept token
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.5, 1.0])
+def test_dc_tokens_weigh_their_size_to_the_exponent_and_empty_windows_stay_masked(exponent):
+    state = TokenState.initial(1, (2, 2), "cpu", track_provenance=False)
+    _, reduced = state.reduce(
+        0, torch.randn(1, 5, 8), torch.tensor([[0]]), merged_tokens=torch.randn(1, 2, 8),
+        merged_sizes=torch.tensor([[3.0, 0.0]]), proportional_attention=True, merged_key_exponent=exponent,
+    )
+    assert reduced.key_weights.tolist()[0] == pytest.approx([1.0, 1.0, 3.0**exponent, 0.0])
+    assert reduced.merged_sizes.tolist() == [[3.0, 0.0]]  # the patch counts themselves are not tempered
+    assert reduced.token_sizes().tolist() == [[1.0, 1.0, 3.0, 0.0]]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_dc_key_weight_exponent_out_of_range_is_refused(value):
+    with pytest.raises(ValueError, match="dc_key_weight_exponent"):
+        tiny_config(proportional_attention=True, dc_key_weight_exponent=value)
+
+
+def test_dc_key_weight_exponent_needs_proportional_attention():
+    with pytest.raises(ValueError, match="dc_key_weight_exponent.*proportional_attention"):
+        tiny_config(dc_key_weight_exponent=0.5)
+    assert tiny_config(dc_key_weight_exponent=1.0).dc_key_weight_exponent == 1.0
 
 
 def test_each_option_alone_runs_and_batches_like_single_images():
