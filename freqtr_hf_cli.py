@@ -106,23 +106,32 @@ def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> N
     )
 
 
-def add_preset_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset", choices=FREQ_PRESETS, default="paper",
-        help="freq: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model without training: nearest "
-        "merge, proportional attention; docs/training_free.md)",
-    )
+PRESET_HELP = (
+    "freq: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model without training: nearest merge, "
+    "proportional attention; docs/training_free.md)"
+)
+# a reduction flag left out keeps the checkpoint's value (a saved FreqViT's own), else the config's default
+CHECKPOINT_DEFAULT = " (default: the checkpoint's, else {})"
 
 
 def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-rate", type=keep_rate, default=0.7, help="share of tokens kept at each reduction layer")
-    parser.add_argument("--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce (default 3 6 9)")
-    parser.add_argument("--dc-window-sizes", type=int, nargs="+", help="freq: DC windows per reduction layer (default 2 1 1)")
-    parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
-    add_preset_argument(parser)
     parser.add_argument(
-        "--score-source", choices=("attention", "logits"), default="attention",
-        help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)",
+        "--keep-rate", type=keep_rate, nargs="+",
+        help="share of tokens kept at each reduction layer: one, or one per layer" + CHECKPOINT_DEFAULT.format("0.7"),
+    )
+    parser.add_argument(
+        "--reduction-layers", type=int, nargs="+", help="0-based blocks that reduce" + CHECKPOINT_DEFAULT.format("3 6 9")
+    )
+    parser.add_argument(
+        "--dc-window-sizes", type=int, nargs="+",
+        help="freq: DC windows per reduction layer" + CHECKPOINT_DEFAULT.format("2 1 1"),
+    )
+    parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
+    parser.add_argument("--preset", choices=FREQ_PRESETS, help=PRESET_HELP + CHECKPOINT_DEFAULT.format("paper"))
+    parser.add_argument(
+        "--score-source", choices=("attention", "logits"),
+        help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)"
+        + CHECKPOINT_DEFAULT.format("attention"),
     )
 
 
@@ -180,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods to analyse. One or more of: {', '.join(REDUCTION_METHODS[1:])}",
     )
     analyze.add_argument("--keep-rates", type=keep_rate, nargs="+", default=[0.5, 0.7, 0.9], help="keep rates")
-    add_preset_argument(analyze)
+    analyze.add_argument("--preset", choices=FREQ_PRESETS, default="paper", help=PRESET_HELP)
     analyze.add_argument("--output", required=True, help="folder for report.json, report.md and the figures")
     return parser
 
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     methods = getattr(args, "methods", None) or [getattr(args, "method", None)]
-    if getattr(args, "preset", "paper") != "paper" and "freq" not in methods:
+    if getattr(args, "preset", None) not in (None, "paper") and "freq" not in methods:
         parser.error(f"--preset {args.preset} sets options of freq, which is not among the methods ({', '.join(methods)})")
     if hasattr(args, "dataset_config") and args.dataset_config is None and args.data == DEFAULT_DATA:
         args.dataset_config = DEFAULT_DATA_CONFIG

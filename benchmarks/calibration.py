@@ -9,7 +9,7 @@ in the same budget (same images, steps and batch size).
 The two domains are the shared data sets. Imagenette calibrates on `--images` random train images and is evaluated
 on every 4th val image (982); the Imagewoof sample is split once, stratified by class, into `--images` to calibrate
 on and the rest to evaluate on. The splits are saved under `--work` as `datasets` folders that `finetune.py` reads
-(`--dataset_name`). Every training run checkpoints and resumes, and a finished one is not run again, so an
+(`--dataset_name`). Every training run checkpoints and resumes, and a finished one trains no further, so an
 interrupted benchmark continues where it stopped. A cell reads `top-1 / agreement with the unreduced model` (%).
 """
 
@@ -28,7 +28,7 @@ from methods import shared_asset  # noqa: E402
 
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS  # noqa: E402
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images  # noqa: E402
+from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images  # noqa: E402
 from freqtr_hf_cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
@@ -59,20 +59,22 @@ def domain_splits(args) -> dict[str, Path]:
 
 
 def train(args, start: str, mode: str, domain: str, data: Path) -> Path:
-    """One run of finetune.py (resumed where it stopped, skipped when finished); its model folder."""
+    """One run of finetune.py, resumed where it stopped (a finished one trains no further); its model folder.
+    finetune.py refuses a folder that holds another job (other settings, model, data or preset), naming the field."""
     output = Path(args.work) / "runs" / f"{start}-{mode}-{domain}"
-    if not (output / "results.json").exists():
-        command = [
-            sys.executable, str(FINETUNE), "--model_name_or_path", args.model, "--dataset_name", str(data),
-            "--synsets", args.synsets, "--output_dir", str(output), "--preset", start,
-            "--keep_rate", str(args.keep_rate), "--max_train_steps", str(args.steps),
-            "--per_device_train_batch_size", str(args.batch_size), "--seed", str(args.seed),
-            "--mixed_precision", "no", "--checkpointing_steps", "20", "--resume_from_checkpoint", "latest",
-            "--validation_every", "10",  # finetune's own check; the table below evaluates on every image
-            *MODES[mode],
-        ]
-        print("$", " ".join(command), flush=True)
-        subprocess.run(command, check=True)
+    command = [
+        sys.executable, str(FINETUNE), "--model_name_or_path", args.model, "--dataset_name", str(data),
+        "--synsets", args.synsets, "--output_dir", str(output), "--preset", start,
+        "--keep_rate", str(args.keep_rate), "--max_train_steps", str(args.steps),
+        "--per_device_train_batch_size", str(args.batch_size), "--seed", str(args.seed),
+        "--mixed_precision", "no", "--checkpointing_steps", "20", "--resume_from_checkpoint", "latest",
+        "--validation_every", "10",  # finetune's own check; the table below evaluates on every image
+        *MODES[mode],
+    ]
+    print("$", " ".join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"{output}: finetune.py stopped (its message is above); remove a folder of another job, or pass "
+                 "another --work")
     return output / "model"
 
 
@@ -110,7 +112,7 @@ def main() -> None:
     rows = {name: {} for name in models if name != "none"}
     for domain, folder in splits.items():
         dataset = load_images(str(folder), split="validation")
-        labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
+        labels = label_mapping(label_names(dataset), models["none"].config.id2label, args.synsets)
         results, _ = compare_methods(models, dataset, processor, labels, batch_size=64)
         print(f"{domain}: {len(dataset)} images, unreduced top-1 {100 * results[0].top1:.1f}", flush=True)
         for name, result in zip(models, results):

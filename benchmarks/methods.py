@@ -21,7 +21,9 @@ from transformers import AutoImageProcessor
 from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
-from freqtr_hf.evaluation import build_models, compare_methods, format_table, label_mapping, load_images
+from freqtr_hf.evaluation import (
+    build_models, compare_methods, format_table, label_mapping, label_names, load_images,
+)
 from freqtr_hf_cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 
 
@@ -131,7 +133,7 @@ def main() -> None:
                 variants["freq_logits"] = ("freq", {"score_source": "logits"})
             for name, (method, overrides) in variants.items():
                 models[name] = build_models(args.model, [method], keep_rate, device=device, overrides=overrides)[method]
-            labels = label_mapping(dataset.features["label"].names, models["none"].config.id2label, args.synsets)
+            labels = label_mapping(label_names(dataset), models["none"].config.id2label, args.synsets)
             results, _ = compare_methods(models, dataset, processor, labels, batch_size=args.batch_size)
             for name, row in zip(models, results):
                 row.method = name

@@ -1,6 +1,6 @@
 """FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
 
-    python benchmarks/speed.py [--device auto|cpu|cuda] [--sizes small base] [--batch-sizes 1 32]
+    python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base] [--batch-sizes 1 32]
         [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory]
     python benchmarks/speed.py --sizes overhead small --batch-sizes 1
 
@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # the hook that sees
 from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
-from freqtr_hf.devices import describe, resolve_device, resolve_dtype
+from freqtr_hf.devices import DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
 from freqtr_hf_cli import HelpFormatter, positive_int
 
@@ -113,11 +113,6 @@ def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
     return counter.count
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -> tuple[dict, dict]:
     """Per model: its times over the rounds, and its peak memory (bytes, CUDA only)."""
     times, peaks = {name: [] for name in models}, {}
@@ -197,7 +192,7 @@ def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=SHAPES,
                         help="DeiT shapes, or 'overhead': width 8, one head, where only the per-op cost is left")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32])

@@ -270,7 +270,7 @@ CAPTIONS = {
     "noise_test": "Noise on the HF vs the LF tokens of the unreduced model.",
     "collapse": "Similarity of each block to the last block, and of freq's HF/LF/DC sets to the mean token.",
     "evit_hf_iou": "IoU between freq's HF set and the set EViT's rule would keep, from the same attention.",
-    "depth_maps": "Mean depth (block) at which each patch leaves; 12 = survives.",
+    "depth_maps": "Mean depth (block) at which each patch leaves; the number of blocks (12 in DeiT) = survives.",
     "depth_map_settings": "Per method, depth-map Pearson correlation between data sets and keep rates.",
     "correlations": "Pattern similarity to the reference against the top-1 difference to it.",
 }

@@ -8,10 +8,12 @@ re-run reuses every cache whose fingerprint matches and recomputes the others; a
 batch after its last checkpoint. All pending jobs of a data set share each decoded, preprocessed batch.
 """
 
+import io
 import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from transformers import AutoImageProcessor
 from .analysis_figures import write_figures, write_markdown
 from .configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
-from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images
+from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, write_atomically
 from .fingerprint import mismatch, model_digest, slug, value_digest
 from .frequency_analysis import (
     NOISE_SETS,
@@ -55,8 +57,9 @@ from .token_schedule import MERGING_METHODS, patch_grid
 from .token_state import TokenProvenance
 
 
-# bump when the statistics a job computes change, so that old caches are recomputed (4: radial ranks ties by patch index)
-STATS_VERSION = 4
+# bump when the statistics a job computes change, so that old caches are recomputed (4: radial ranks ties by patch
+# index; 5: k-medoids assignments to the final medoids, the same noise draws for every noise set)
+STATS_VERSION = 5
 MAP_METRICS = ("pearson", "spearman", "js_divergence", "histogram_intersection")
 
 
@@ -135,13 +138,6 @@ def data_set_names(data: list[str]) -> list[str]:
     return names
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(temporary_path)`, then rename, so an interruption never leaves a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 class JobCache:
     """A job's statistics on one data set: per-image arrays (concatenated over batches) and `*_sum` arrays
     (summed over images), saved as `<job>.npz` beside `<job>.json` (fingerprint, images done, stage layout)."""
@@ -155,13 +151,18 @@ class JobCache:
         self.sums: dict[str, np.ndarray] = {}
         self.stale = None  # why an existing cache is not reused
         if self.meta_path.exists() and self.arrays_path.exists():
-            meta = json.loads(self.meta_path.read_text())
-            self.stale = mismatch(meta.get("fingerprint", {}), fingerprint)
-            if self.stale is None:
-                self.done, self.complete, self.stages = meta["done"], meta["complete"], meta["stages"]
-                with np.load(self.arrays_path) as arrays:
-                    for key in arrays.files:
-                        self._put(key, arrays[key])
+            try:
+                meta = json.loads(self.meta_path.read_text())
+                self.stale = mismatch(meta.get("fingerprint", {}), fingerprint)
+                if self.stale is None:
+                    self.done, self.complete, self.stages = meta["done"], meta["complete"], meta["stages"]
+                    with np.load(self.arrays_path) as arrays:
+                        for key in arrays.files:
+                            self._put(key, arrays[key])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as error:
+                # a cache is only saved work: a damaged one is named and computed again
+                self.done, self.complete, self.stages, self.parts, self.sums = 0, False, [], {}, {}
+                self.stale = f"{self.meta_path} or {self.arrays_path.name} is damaged ({type(error).__name__}: {error})"
 
     def _put(self, key: str, value: np.ndarray) -> None:
         if key.endswith("_sum"):
@@ -185,9 +186,11 @@ class JobCache:
         self.complete = complete
         arrays = self.arrays()
         self.arrays_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.arrays_path, lambda p: np.savez(open(p, "wb"), **arrays))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomically(self.arrays_path, buffer.getvalue())
         meta = {"fingerprint": self.fingerprint, "done": self.done, "complete": complete, "stages": self.stages}
-        _write_atomically(self.meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        write_atomically(self.meta_path, json.dumps(meta, indent=1))
 
     def provenance(self) -> tuple[TokenProvenance, ...]:
         """The stored provenance of every image as `TokenProvenance` records, one per stage."""
@@ -702,8 +705,7 @@ def run_analysis(
     caches, data_info = {}, {}
     for name, path, step in zip(names, data, every):
         dataset = load_images(path, every=step)
-        label_names = dataset.features["label"].names if "label" in dataset.features else []
-        label_of = label_mapping(label_names, config.id2label, synsets)
+        label_of = label_mapping(label_names(dataset), config.id2label, synsets)
         base = {"version": STATS_VERSION, "model": checkpoint, "data": data_fingerprint(dataset), "images": len(dataset),
                 "every": step, "batch_size": batch_size, "labels": value_digest(label_of)}
         caches[name] = {}
@@ -727,7 +729,7 @@ def run_analysis(
            "batch_size": batch_size, "device": describe(target)}
     report = build_report(names, caches, models, methods, keep_rates, options, run)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(output_dir / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+    write_atomically(output_dir / "report.json", json.dumps(report, indent=1))
     figures = write_figures(report, output_dir)
     write_markdown(report, figures, output_dir)
     return report

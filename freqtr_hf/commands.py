@@ -20,7 +20,11 @@ from .publishing import is_hub_id
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
     """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults)."""
-    fields = {**FREQ_PRESETS[args.preset], "score_source": args.score_source}
+    fields = dict(FREQ_PRESETS[args.preset]) if args.preset else {}
+    if args.keep_rate is not None:
+        fields["keep_rate"] = args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate)
+    if args.score_source is not None:
+        fields["score_source"] = args.score_source
     if args.reduction_layers is not None:
         fields["reduction_layers"] = tuple(args.reduction_layers)
     if args.dc_window_sizes is not None:
@@ -91,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     prepare_output_files(args)
     print(f"freqtr-hf evaluate: {args.model} on {describe(device)}, {args.dtype}", file=sys.stderr)
     results, skipped = run_evaluation(
-        args.model, args.data, args.methods, keep_rate=args.keep_rate, batch_size=args.batch_size, every=args.every,
+        args.model, args.data, args.methods, batch_size=args.batch_size, every=args.every,
         split=args.split, dataset_config=args.dataset_config, synsets=args.synsets, dtype=dtype, device=device,
         state_file=args.state_file, restart=args.restart, skip_bad_images=args.skip_bad_images,
         overrides=reduction_overrides(args),
@@ -102,9 +106,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     text = results_json(results, **run)
     print(format_table(results))
-    if all(result.top1 is None for result in results):
+    labelled, images = results[0].labelled, results[0].images
+    if not labelled:
         print("top-1 is not reported: no image has a label among the model's classes (class sub-folders named by "
               "WordNet id with --synsets, or by the model's label names, give them)", file=sys.stderr)
+    elif labelled < images:
+        print(f"top-1 is over the {labelled} of {images} images whose class is one of the model's (the others' "
+              "classes are not among its labels); agreement is over all of them", file=sys.stderr)
     if skipped:
         images = "image" if len(skipped) == 1 else "images"
         print(f"skipped {len(skipped)} unreadable {images} (listed in the JSON)", file=sys.stderr)
@@ -118,7 +126,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .exporting import export_model
 
-    reduction = {"reduction_method": args.method, "keep_rate": args.keep_rate, **reduction_overrides(args)}
+    reduction = {"reduction_method": args.method, **reduction_overrides(args)}
+    if args.data:  # the weights are written as they are; only the measurement for the card runs the model
+        print(f"freqtr-hf export: measuring on {describe(resolve_device(args.device))}", file=sys.stderr)
     folder = export_model(
         args.model, args.output, reduction=reduction, data=args.data, every=args.every, synsets=args.synsets,
         device=args.device, batch_size=args.batch_size, push_to_hub=args.push_to_hub, token=args.token,

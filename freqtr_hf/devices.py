@@ -41,3 +41,10 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on an accelerator, so that a clock read next measures them (the CPU runs them
+    as they are called)."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)

@@ -19,10 +19,10 @@ import datasets
 import evaluate
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, BaseImageProcessor
 
 from .configuration_freqvit import FreqViTConfig
-from .fingerprint import file_digest, files_digest, mismatch, model_digest, resolved_source
+from .fingerprint import file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest
 from .images import ImageReadError, read_image
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification
@@ -53,9 +53,28 @@ def label_mapping(label_names: list[str], id2label: dict[int, str], synsets_path
     for index, label in id2label.items():
         keys.setdefault(label.split(",")[0].strip(), int(index))
     mapped = [keys.get(name, keys.get(name.split(",")[0].strip(), -1)) for name in label_names]
-    if all(index < 0 for index in mapped) and len(label_names) == len(id2label):
+    if label_names and all(index < 0 for index in mapped) and len(label_names) == len(id2label):
+        warnings.warn(
+            f"no class of the data ({', '.join(label_names[:3])}, ...) is among the model's labels or the synset list; "
+            f"as both have {len(label_names)} classes they are matched by position (data class i = model class i)",
+            stacklevel=2,
+        )
         return list(range(len(label_names)))
     return mapped
+
+
+def label_names(dataset: datasets.Dataset) -> list[str]:
+    """The class names of a data set's `label` column, or [] when it has none. A label column that is not a
+    `ClassLabel` (plain integers or strings) raises `ValueError` naming it: its numbers say nothing about classes."""
+    if "label" not in dataset.features:
+        return []
+    feature = dataset.features["label"]
+    if not isinstance(feature, datasets.ClassLabel):
+        raise ValueError(
+            f"data: its 'label' column holds {feature!r}, not class names (a datasets ClassLabel); cast it with "
+            "dataset.cast_column('label', ClassLabel(names=[...])) or use a folder of class sub-folders"
+        )
+    return list(feature.names)
 
 
 def load_images(
@@ -121,13 +140,24 @@ class MethodResult:
     """One row of the comparison table."""
 
     method: str
-    keep_rate: float
+    keep_rate: float | tuple[float, ...] | None  # per reduction layer when they differ; None for per-layer ToMe
     top1: float | None
     agreement: float
     gmacs: float
     images_per_second: float
     speedup: float
     images: int  # the images evaluated (unreadable ones skipped aside)
+    labelled: int  # of those, the images whose label is a class of the model: top-1 is over these
+    tome_r: int | None = None
+
+    @property
+    def keep(self) -> str:
+        """The reduction's size for a table: the keep rate(s), or ToMe's r per layer."""
+        if self.tome_r is not None:
+            return f"r={self.tome_r}"
+        if isinstance(self.keep_rate, (tuple, list)):
+            return "/".join(f"{rate:g}" for rate in self.keep_rate)
+        return f"{self.keep_rate:g}"
 
 
 # methods whose parameters must be trained: off the shelf they compute nothing meaningful
@@ -140,17 +170,23 @@ UNTRAINED_WARNING = (
 def build_models(
     model: str,
     methods: list[str],
-    keep_rate: float,
+    keep_rate: float | tuple[float, ...] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     overrides: dict | None = None,
 ) -> dict[str, torch.nn.Module]:
     """One model per method from the same checkpoint; `"none"` (the unreduced reference) always comes first.
-    `overrides`: extra config fields for the reduced models. Warns about methods whose parameters are untrained."""
+    `keep_rate` (one, or one per reduction layer) and `overrides` (config fields) set the reduced models; what they
+    leave out keeps the checkpoint's value, else the default. `tome_r` goes to `tome` only. Warns about methods whose
+    parameters are untrained."""
     models = {}
     for method in ["none", *[m for m in methods if m != "none"]]:
         # the unreduced reference drops every reduction setting a FreqViT checkpoint may carry
-        fields = {"tome_r": None} if method == "none" else {"keep_rate": keep_rate, **(overrides or {})}
+        fields = {"tome_r": None}
+        if method != "none":
+            fields = {key: value for key, value in (overrides or {}).items() if key != "tome_r" or method == "tome"}
+            if keep_rate is not None:
+                fields["keep_rate"] = keep_rate
         loaded, info = FreqViTForImageClassification.from_pretrained(
             model, reduction_method=method, dtype=dtype, output_loading_info=True, **fields
         )
@@ -211,7 +247,7 @@ RESTART_HINT = "pass --restart to start afresh, or keep the progress in another 
 def compare_methods(
     models: dict[str, torch.nn.Module],
     dataset: datasets.Dataset,
-    processor,
+    processor: BaseImageProcessor,
     label_of: list[int],
     batch_size: int = 32,
     state_file: str | None = None,
@@ -277,22 +313,27 @@ def compare_methods(
         )
         speed = len(state.labels) / max(state.seconds[method], 1e-12)
         config = model.config
+        per_layer_tome = method != "none" and config.tome_r is not None
         results.append(
             MethodResult(
                 method=method,
-                keep_rate=config.keep_rate if method != "none" else 1.0,
+                keep_rate=1.0 if method == "none" else None if per_layer_tome else config.keep_rate,
                 top1=scores.get("top1"),
                 agreement=scores["agreement"],
                 gmacs=count_macs(config) / 1e9,
                 images_per_second=speed,
                 speedup=speed / base_speed,
                 images=len(state.labels),
+                labelled=scores["num_labelled"],
+                tome_r=config.tome_r if per_layer_tome else None,
             )
         )
     return results, state.skipped
 
 
-def read_batch(rows: list[dict], processor, label_of: list[int], skip_bad_images: bool):
+def read_batch(
+    rows: list[dict], processor: BaseImageProcessor, label_of: list[int], skip_bad_images: bool
+) -> tuple[torch.Tensor | None, list[int], list[str], int]:
     """Pixel values of the readable images of a batch, their model labels (-1: unknown), the files skipped and the
     number of rows. An unreadable image raises `ImageReadError` naming it, unless `skip_bad_images`."""
     images, labels, skipped = [], [], []
@@ -315,7 +356,7 @@ def format_table(results: list[MethodResult]) -> str:
     for r in results:
         top1 = f"{100 * r.top1:.1f}" if r.top1 is not None else "-"
         lines.append(
-            f"{r.method:<10} {r.keep_rate:>5} {top1:>8} {100 * r.agreement:>8.1f} {r.gmacs:>7.2f} "
+            f"{r.method:<10} {r.keep:>5} {top1:>8} {100 * r.agreement:>8.1f} {r.gmacs:>7.2f} "
             f"{r.images_per_second:>8.1f} {r.speedup:>7.2f}x"
         )
     return "\n".join(lines)
@@ -326,26 +367,30 @@ def results_json(results: list[MethodResult], **run) -> str:
 
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file, flush it to disk and rename, so an interruption never leaves a half-written
-    file."""
+def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk and rename, so an interruption never leaves a
+    half-written file."""
     temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
+    with open(temporary, "wb" if isinstance(content, bytes) else "w") as handle:
+        handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
 def run_fingerprint(
-    model: str, model_config, dataset: datasets.Dataset, data: str, **settings
+    model: str, models: dict[str, torch.nn.Module], dataset: datasets.Dataset, data: str, **settings
 ) -> dict:
-    """Everything that changes an evaluation's result: the checkpoint and its weights, the images, and the
-    settings given (methods, keep rate, dtype, device, every, split, dataset config, synsets, ...)."""
+    """Everything that changes an evaluation's result: the checkpoint's files, the configs the models were built
+    with (by name), the images, and the settings given (reduction flags, dtype, device, every, split, dataset
+    config, synsets, ...), as JSON values."""
     synsets = settings.get("synsets")
-    return {
+    commit = getattr(next(iter(models.values())).config, "_commit_hash", None)
+    fingerprint = {
         "model": resolved_source(model),
-        "model_weights": model_digest(model, getattr(model_config, "_commit_hash", None)),
+        "model_files": model_digest(model, commit),
+        "model_configs": value_digest({name: module.config.to_diff_dict() for name, module in models.items()}),
+        "methods": list(models),
         "data": resolved_source(data),
         "data_files": data_fingerprint(dataset),
         "images": len(dataset),
@@ -353,13 +398,14 @@ def run_fingerprint(
         "synsets": resolved_source(synsets),
         "synsets_content": file_digest(synsets) if synsets else None,
     }
+    return json.loads(json.dumps(fingerprint))  # as it reads back from a state file (tuples become lists)
 
 
 def run_evaluation(
     model: str,
     data: str,
     methods: list[str],
-    keep_rate: float = 0.7,
+    keep_rate: float | tuple[float, ...] | None = None,
     batch_size: int = 32,
     every: int = 1,
     split: str = "validation",
@@ -372,21 +418,20 @@ def run_evaluation(
     skip_bad_images: bool = False,
     overrides: dict | None = None,
 ) -> tuple[list[MethodResult], list[str]]:
-    """Load the checkpoint once per method and the data once, and compare the methods side by side. Returns the
-    rows and the images skipped as unreadable."""
+    """Load the checkpoint once per method and the data once, and compare the methods side by side (`keep_rate`
+    and `overrides` as in `build_models`). Returns the rows and the images skipped as unreadable."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
+    # a clear error for a checkpoint that is not a ViT, before any data work (the schedule is checked with the models)
+    FreqViTConfig.from_pretrained(model, reduction_method="none")
     dataset = load_images(data, split=split, every=every, dataset_config=dataset_config)
     models = build_models(model, methods, keep_rate, dtype, device, overrides)
     processor = AutoImageProcessor.from_pretrained(model)
-    label_names = dataset.features["label"].names if "label" in dataset.features else []
-    label_of = label_mapping(label_names, models["none"].config.id2label, synsets)
-    fingerprint = run_fingerprint(
-        model, models["none"].config, dataset, data, methods=list(models), keep_rate=keep_rate,
-        overrides=overrides or {}, dtype=str(dtype), device=torch.device(device).type, batch_size=batch_size,
-        every=every, split=split,
-        dataset_config=dataset_config, synsets=synsets,
+    label_of = label_mapping(label_names(dataset), models["none"].config.id2label, synsets)
+    reduction = {**(overrides or {}), **({"keep_rate": keep_rate} if keep_rate is not None else {})}
+    fingerprint = run_fingerprint(  # the reduction flags by name, so that a refusal names the one that differs
+        model, models, dataset, data, **reduction, dtype=str(dtype), device=torch.device(device).type,
+        batch_size=batch_size, every=every, split=split, dataset_config=dataset_config, synsets=synsets,
     )
     return compare_methods(
         models, dataset, processor, label_of, batch_size=batch_size, state_file=state_file, fingerprint=fingerprint,

@@ -13,17 +13,13 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoImageProcessor, ViTConfig
+from transformers import AutoImageProcessor
 
-from .configuration_freqvit import TRAINING_FREE_METHODS, FreqViTConfig
+from .configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
 from .devices import resolve_device
 from .evaluation import run_evaluation
 from .modeling_freqvit import FreqViTForImageClassification
 from .publishing import check_output_folder, model_card, publish_to_hub, staged_folder, write_model_files
-
-
-# the fields an export may set: FreqViTConfig's own, not the ViT architecture that the weights fix
-REDUCTION_FIELDS = tuple(sorted(set(FreqViTConfig.__dataclass_fields__) - set(ViTConfig.__dataclass_fields__)))
 
 
 def export_model(

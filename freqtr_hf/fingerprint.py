@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+CONFIG_FILES = ("config.json", "preprocessor_config.json")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -42,13 +43,14 @@ def files_digest(paths: Iterable[str | os.PathLike], root: str | os.PathLike | N
 
 
 def model_digest(model: str, commit_hash: str | None = None) -> str:
-    """What identifies a checkpoint's weights: the SHA-256 of the weight files of a local folder, or the Hub
-    commit it was loaded from (`config._commit_hash`)."""
+    """What identifies a checkpoint: the SHA-256 of a local folder's weight files, its config and its preprocessor
+    config (a reduction option or an image size edited in place is another model), or the Hub commit it was loaded
+    from (`config._commit_hash`)."""
     folder = Path(model)
     if folder.is_dir():
-        weights = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_FILES)
         digest = hashlib.sha256()
-        for path in weights:
+        for path in files:
             digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
         return digest.hexdigest()
     return f"hub:{model}@{commit_hash or 'unknown'}"

@@ -164,12 +164,14 @@ def add_token_noise(
         raise ValueError(f"noise set: must be one of {NOISE_SETS}, got {which!r}")
     batch, length, channels = hidden_states.shape
     count = round(fraction * (length - 1))
+    noise = torch.randn(batch, count, channels, generator=generator).to(hidden_states.device)
+    # every set draws the random order too, so that all three take the same draws from `generator`, call after call
+    random_order = torch.rand(batch, length - 1, generator=generator).argsort(dim=1)
     if which == "random":
-        chosen = torch.rand(batch, length - 1, generator=generator).argsort(dim=1)[:, :count]
+        chosen = random_order[:, :count]
     else:
         scores = high_frequency_scores(attention_probs)[:, 1:]
         chosen = scores.topk(count, dim=1, largest=which == "hf").indices.cpu()
-    noise = torch.randn(batch, count, channels, generator=generator).to(hidden_states.device)
     spread = hidden_states[:, 1:].float().std(dim=(1, 2))[:, None, None]
     patches = hidden_states[:, 1:].scatter_add(
         1, chosen.to(hidden_states.device)[..., None].expand(-1, -1, channels), (noise * scale * spread).to(

@@ -5,12 +5,16 @@ The model plumbing is method-agnostic: a block that reduces calls its `token_red
 hidden states, the attention maps and the `TokenState`; the reduction math lives in the `reduction_*` modules.
 """
 
+import json
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
@@ -25,6 +29,7 @@ from transformers.models.vit.modeling_vit import (
     ViTPreTrainedModel,
     eager_attention_forward,
 )
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, cached_file
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
@@ -49,6 +54,32 @@ def selected_hidden_states(output_hidden_states: bool | int | list[int] | None, 
 
 # the parameters the reduction adds to a ViT (names matched with re.search): not in a ViT checkpoint
 REDUCTION_PARAMETER_NAMES = (r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.")
+
+
+def unused_reduction_parameters(model: nn.Module, weights_file: str, saved_method: str | None) -> list[str]:
+    """The reduction parameters of a safetensors checkpoint saved with `model`'s reduction method that are non-zero
+    (trained) and have no parameter of that name in `model`: what loading it into `model` leaves unused."""
+    if saved_method != model.config.reduction_method or saved_method == "none":
+        return []  # another method's parameters are unused by the user's choice
+    own = {name.removeprefix("vit.") for name in model.state_dict()}
+    with safe_open(weights_file, "pt") as weights:
+        dropped = [
+            name for name in weights.keys()
+            if any(re.search(pattern, name) for pattern in REDUCTION_PARAMETER_NAMES)
+            and current_name(name).removeprefix("vit.") not in own
+        ]
+        return [current_name(name) for name in dropped if weights.get_tensor(name).any()]
+
+
+def current_name(name: str) -> str:
+    """A checkpoint key in the module names of today's ViT (`encoder.layer.3.` -> `layers.3.`, ...), by the renaming
+    transformers applies when it loads one."""
+    for renaming in get_checkpoint_conversion_mapping("freqvit"):
+        for source, target in zip(renaming.source_patterns, renaming.target_patterns):
+            name = re.sub(source, target, name)
+    return name
+
+
 AUTO_MAP = {
     "AutoConfig": "configuration_freqvit.FreqViTConfig",
     "AutoModel": "modeling_freqvit.FreqViTModel",
@@ -208,8 +239,35 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     _keys_to_ignore_on_load_missing = [
         r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
     ]
-    # and a FreqViT checkpoint loaded with another method (or unreduced) leaves its reduction parameters unused
+    # and a FreqViT checkpoint loaded with another method (or unreduced) leaves its reduction parameters unused;
+    # `from_pretrained` warns when that drops trained ones of the same method (another schedule)
     _keys_to_ignore_on_load_unexpected = list(REDUCTION_PARAMETER_NAMES)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; warns when the checkpoint holds trained (non-zero) reduction parameters
+        of the same method that this model has no place for (another `reduction_layers`, say): they are not used."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+        options |= {key: kwargs[key] for key in ("revision", "cache_dir", "token", "subfolder") if key in kwargs}
+        source = str(pretrained_model_name_or_path)
+        weights = cached_file(source, SAFE_WEIGHTS_NAME, **options)
+        saved_config = cached_file(source, CONFIG_NAME, **options)
+        unused = []
+        if weights and saved_config:
+            saved_method = json.loads(Path(saved_config).read_text()).get("reduction_method")
+            unused = unused_reduction_parameters(model, weights, saved_method)
+        if unused:
+            warnings.warn(
+                f"{pretrained_model_name_or_path}: {len(unused)} trained reduction parameter(s) of "
+                f"{model.config.reduction_method!r} have no place in this model's reduction (reduction_layers "
+                f"{list(model.config.reduction_layers)}, dc_window_sizes {list(model.config.dc_window_sizes)}) and are "
+                f"not used: {', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}; load it with the schedule it "
+                "was trained with to use them",
+                stacklevel=2,
+            )
+        return loaded
 
     def reduction_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters the token reduction adds to ViT, by name: freq's ω1 (`high_pass_gain`), ω2 (`dc_gain`)

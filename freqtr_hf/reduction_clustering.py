@@ -16,19 +16,23 @@ def k_medoids(distances: torch.Tensor, initial: torch.LongTensor, iterations: in
     """A few k-medoids iterations from the initial medoids (B, k) on distances (B, t, t).
 
     Each token joins its nearest medoid; each cluster's new medoid is the member with the least summed distance to
-    the other members. Returns the medoids (B, k) and every token's cluster (B, t).
+    the other members. Returns the medoids (B, k) and every token's cluster (B, t), the nearest of those medoids.
     """
     medoids = initial
     num_clusters = medoids.shape[1]
     for _ in range(iterations + 1):
-        to_medoids = distances.gather(2, medoids[:, None, :].expand(-1, distances.shape[1], -1))
-        assignment = to_medoids.argmin(dim=-1)
-        assignment.scatter_(1, medoids, torch.arange(num_clusters, device=medoids.device).expand_as(medoids))
+        assignment = assign_to_nearest(distances, medoids)
         membership = torch.nn.functional.one_hot(assignment, num_clusters).to(distances.dtype)  # (B, t, k)
         cost = distances @ membership  # summed distance of each token to each cluster's members
         cost = torch.where(membership > 0, cost, torch.inf)
         medoids = cost.argmin(dim=1)
-    return medoids, assignment
+    return medoids, assign_to_nearest(distances, medoids)
+
+
+def assign_to_nearest(distances: torch.Tensor, centres: torch.LongTensor) -> torch.LongTensor:
+    """(B, t): for every token the cluster (0 … k-1) of the nearest of the centres (B, k); a centre is its own."""
+    assignment = distances.gather(2, centres[:, None, :].expand(-1, distances.shape[1], -1)).argmin(dim=-1)
+    return assignment.scatter(1, centres, torch.arange(centres.shape[1], device=centres.device).expand_as(centres))
 
 
 def density_peak_centres(
@@ -48,7 +52,4 @@ def density_peak_centres(
     to_denser = torch.where(denser, distances, torch.inf).amin(dim=-1)
     to_denser = torch.where(torch.isinf(to_denser), distances.amax(dim=-1), to_denser)
     centres = (density * to_denser).topk(num_clusters, dim=-1).indices.sort(dim=-1).values
-    to_centres = distances.gather(2, centres[:, None, :].expand(-1, count, -1))
-    assignment = to_centres.argmin(dim=-1)
-    assignment.scatter_(1, centres, torch.arange(num_clusters, device=centres.device).expand_as(centres))
-    return centres, assignment
+    return centres, assign_to_nearest(distances, centres)

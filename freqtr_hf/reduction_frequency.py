@@ -77,26 +77,24 @@ def window_transfer(
 def merge_into_dc_tokens(
     low_tokens: torch.Tensor,
     low_windows: torch.Tensor,
+    low_sizes: torch.Tensor,
     num_windows: int,
     old_dc_tokens: torch.Tensor | None = None,
     old_dc_sizes: torch.Tensor | None = None,
     old_dc_windows: torch.Tensor | None = None,
     count_weighted: bool = True,
     fill_global_mean: bool = True,
-    low_sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average each window's low-frequency tokens (and the DC tokens folded into it) into one DC token.
 
-    low_tokens: (B, l, C) and their windows (B, l); low_sizes (B, l): the original patches each stands for (None:
-    one each; 0 leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
+    low_tokens: (B, l, C) and their windows (B, l); low_sizes (B, l): the original patches each stands for (0
+    leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
     (B, d), and the new window each goes into (d,). With `count_weighted` a token weighs as many patches as it
     stands for, otherwise as one token. A window that receives nothing gets the global mean of all it was given
     (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts (B, num_windows).
     """
     batch = low_tokens.shape[0]
     tokens, windows = low_tokens, low_windows
-    if low_sizes is None:
-        low_sizes = torch.ones(low_windows.shape, dtype=torch.float32, device=low_tokens.device)
     sizes = low_sizes.float()
     weights = sizes if count_weighted else (sizes > 0).float()
     if old_dc_tokens is not None:

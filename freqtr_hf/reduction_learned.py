@@ -42,10 +42,13 @@ def soft_merge(tokens: torch.Tensor, logits: torch.Tensor, sizes: torch.Tensor) 
     return merged.to(tokens.dtype), (weights * sizes[..., None]).sum(dim=1)
 
 
-def sinkhorn_assignment(scores: torch.Tensor, iterations: int, temperature: float = 0.1) -> torch.Tensor:
+SINKHORN_TEMPERATURE = 0.1  # sharpens cosine scores in [-1, 1] before the normalisation
+
+
+def sinkhorn_assignment(scores: torch.Tensor, iterations: int) -> torch.Tensor:
     """Sinkhorn-normalised assignment of tokens to centres from scores (B, t, k): alternately make every token's
     weights sum to 1 and every centre receive the same total. Returns log-weights (B, t, k)."""
-    log_weights = scores.float() / temperature
+    log_weights = scores.float() / SINKHORN_TEMPERATURE
     for _ in range(iterations):
         log_weights = log_weights - log_weights.logsumexp(dim=2, keepdim=True)
         log_weights = log_weights - log_weights.logsumexp(dim=1, keepdim=True)

@@ -61,7 +61,7 @@ def adaptive_sample(scores: torch.Tensor, num_samples: int, valid: torch.BoolTen
     return picked.gather(1, order), ~repeated.gather(1, order)
 
 
-def gumbel_keep_decisions(keep_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """DynamicViT's training-time decisions: hard Gumbel-softmax samples of (keep, drop) logits (B, m, 2), with
-    straight-through gradients; returns (B, m), 1 = keep."""
-    return torch.nn.functional.gumbel_softmax(keep_logits, tau=temperature, hard=True)[..., 0]
+def gumbel_keep_decisions(keep_logits: torch.Tensor) -> torch.Tensor:
+    """DynamicViT's training-time decisions: hard Gumbel-softmax samples (temperature 1) of (keep, drop) logits
+    (B, m, 2), with straight-through gradients; returns (B, m), 1 = keep."""
+    return torch.nn.functional.gumbel_softmax(keep_logits, tau=1.0, hard=True)[..., 0]

@@ -18,6 +18,7 @@ PALETTE = np.array(
     ],
     dtype=np.float32,
 )
+TINT = 0.35  # share of a merged token's colour over its patches
 HATCH_PERIOD = 8  # pixels between diagonal stripes: a colour stripe (2 px), a black one (1 px), the tinted image
 
 
@@ -52,9 +53,7 @@ def region_boundaries(labels: np.ndarray) -> np.ndarray:
     return edges
 
 
-def stage_overlay(
-    image: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], index: int = 0, tint: float = 0.35
-) -> np.ndarray:
+def stage_overlay(image: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], index: int = 0) -> np.ndarray:
     """The image (H, W, 3) uint8, the model's input view, with image `index` of a stage drawn on it:
 
     - kept patches as they are, with a white border at their top and left edges;
@@ -74,7 +73,7 @@ def stage_overlay(
     joined = (token >= 1) & ~in_merged & ~kept
     colours = np.where(in_merged[..., None], PALETTE[(token - stage.num_kept - 1) % len(PALETTE)], white)
     hatched = in_merged | joined
-    out[hatched] = (1 - tint) * out[hatched] + tint * colours[hatched]
+    out[hatched] = (1 - TINT) * out[hatched] + TINT * colours[hatched]
     diagonal = (np.arange(height)[:, None] + np.arange(width)[None, :]) % HATCH_PERIOD
     stripe, dark = hatched & (diagonal < 2), hatched & (diagonal == 2)  # the black stripe keeps light colours visible
     out[stripe] = colours[stripe]

@@ -36,18 +36,18 @@ from transformers import AutoImageProcessor
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
 from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
-from freqtr_hf.devices import describe, resolve_device
+from freqtr_hf.devices import describe, resolve_device, synchronize
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary
 
 FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
-MAX_PIXELS = 40_000_000
 HUB_TIMEOUT_S = 5.0  # one metadata request decides whether the Hub answers; transformers would retry for ~25 s
 WARMUP_RUNS, TIMED_RUNS = 1, 5
 CONCURRENCY = 2  # requests computed at a time; the others wait in the queue
 DEFAULT_LAYERS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
 DEVICE = resolve_device(os.environ.get("FREQTR_DEVICE", "auto"))
 MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
+STAGES_PER_ROW = 3
 PRESET_METHOD = "freq, training-free preset"
 # the Method box: every training-free method as it is, and freq with `TRAINING_FREE_FREQ` (method, config overrides)
 METHODS = {**{method: (method, {}) for method in TRAINING_FREE_METHODS}, PRESET_METHOD: ("freq", TRAINING_FREE_FREQ)}
@@ -172,7 +172,7 @@ def read_upload(upload: str | dict | None) -> Image.Image:
     if not path:
         raise gr.Error("Upload an image or pick an example first.")
     try:
-        return read_image(path, max_pixels=MAX_PIXELS)
+        return read_image(path)
     except ImageReadError as error:
         raise gr.Error(str(error).replace(str(path), name or Path(path).name)) from error  # not the server's path
 
@@ -206,11 +206,6 @@ def input_view(pixels: torch.Tensor, processor) -> np.ndarray:
 def top5(logits: torch.Tensor, id2label: dict) -> dict[str, float]:
     values, indices = logits.float().softmax(-1).topk(5)
     return {id2label[int(i)]: float(v) for v, i in zip(values, indices)}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)  # wait for the queued kernels, so the clock measures them
 
 
 def median_latencies(
@@ -258,13 +253,14 @@ def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int,
 
 
 def stages_image(
-    view: np.ndarray, provenance: tuple[TokenProvenance, ...], grid: tuple[int, int], method: str, columns: int = 3
+    view: np.ndarray, provenance: tuple[TokenProvenance, ...], grid: tuple[int, int], method: str
 ) -> Image.Image:
-    """Every reduction stage side by side (`columns` a row), as one RGB image; the model's view if none reduces."""
+    """Every reduction stage side by side (`STAGES_PER_ROW` a row), as one RGB image; the model's view if none
+    reduces."""
     if not provenance:
         return Image.fromarray(view)
-    rows = -(-len(provenance) // columns)
-    width = min(len(provenance), columns)
+    rows = -(-len(provenance) // STAGES_PER_ROW)
+    width = min(len(provenance), STAGES_PER_ROW)
     figure = Figure(figsize=(4.6 * width, 5.6 * rows), dpi=100)  # not pyplot's: nothing global to close
     panels = np.asarray(figure.subfigures(rows, width, squeeze=False)).ravel()
     for panel, stage in zip(panels, provenance):

@@ -179,6 +179,20 @@ def test_token_noise_hits_the_chosen_set_only():
         add_token_noise(hidden, probs, "mid", 0.25, 1.0, torch.Generator())
 
 
+def test_every_noise_set_gets_the_same_draws_call_after_call():
+    hidden = torch.randn(2, 17, 4)
+    probs = torch.softmax(torch.randn(2, 1, 17, 17), dim=-1)
+    added = {}
+    for which in ("hf", "lf", "random"):
+        generator = torch.Generator().manual_seed(0)
+        # two calls, as after two noised blocks: the second must draw the same in every set too
+        deltas = [add_token_noise(hidden, probs, which, 0.25, 1.0, generator) - hidden for _ in range(2)]
+        added[which] = [delta[delta != 0].sort().values for delta in deltas]
+    for which in ("lf", "random"):
+        for first, second in zip(added["hf"], added[which]):
+            torch.testing.assert_close(first, second, atol=1e-5, rtol=0)  # sums rounded alike up to 1 ulp
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # `run_analysis` end to end on a tiny checkpoint
 
@@ -264,6 +278,18 @@ def test_an_interrupted_analysis_resumes_where_it_stopped(tiny_setup, tmp_path):
     fresh = run_analysis(output=str(tmp_path / "fresh"), **arguments)
     for key in ("accuracy", "log_amplitude", "noise_test", "evit_hf_iou", "dc_similarity", "depth_maps", "cka"):
         assert json.dumps(resumed[key]) == json.dumps(fresh[key])
+
+
+def test_a_damaged_cache_is_named_and_computed_again(tiny_setup, tmp_path, capsys):
+    arguments = dict(model=str(tiny_setup / "model"), data=[str(tiny_setup / "first")], methods=["topk"],
+                     keep_rates=[0.5], batch_size=4)
+    first = run_analysis(output=str(tmp_path / "out"), **arguments)
+    meta = tmp_path / "out" / "cache" / "first" / "topk@0.5.json"
+    meta.write_text('{"fingerprint": ')  # cut short
+    capsys.readouterr()
+    again = run_analysis(output=str(tmp_path / "out"), **arguments)
+    assert f"recomputing topk@0.5: {meta} or topk@0.5.npz is damaged" in capsys.readouterr().out
+    assert json.dumps(again["accuracy"]) == json.dumps(first["accuracy"])
 
 
 def test_bad_arguments_name_the_flag(tiny_setup, tmp_path):

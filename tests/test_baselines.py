@@ -156,6 +156,15 @@ def test_clustering_assigns_every_token_to_a_cluster_of_its_own_group():
     assert len(set(dpc_assignment[0, :5].tolist())) == 1 and len(set(dpc_assignment[0, 5:].tolist())) == 1
 
 
+def test_k_medoids_assigns_every_token_to_its_nearest_returned_medoid():
+    distances = pairwise_distances(torch.randn(4, 196, 16, generator=torch.Generator().manual_seed(0)))
+    medoids, assignment = k_medoids(distances, torch.arange(0, 196, 14).expand(4, -1), iterations=1)
+    to_medoids = distances.gather(2, medoids[:, None, :].expand(-1, 196, -1))
+    chosen = to_medoids.gather(2, assignment[..., None]).squeeze(-1)
+    torch.testing.assert_close(chosen, to_medoids.amin(-1), atol=0, rtol=0)
+    assert (assignment.gather(1, medoids) == torch.arange(14)).all()
+
+
 def test_sinkhorn_balances_the_clusters():
     weights = sinkhorn_assignment(torch.randn(1, 12, 3), iterations=20).exp()
     torch.testing.assert_close(weights.sum(1), torch.full((1, 3), 1.0), atol=1e-3, rtol=0)

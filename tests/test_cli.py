@@ -8,15 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 import freqtr_hf_cli
+from freqtr_hf import FreqViTForImageClassification, count_macs
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, load_images
+from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf_cli import main
 
@@ -310,8 +312,6 @@ def test_unreachable_hub_gives_a_one_line_error(tmp_path):
 
 
 def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
-    from freqtr_hf import FreqViTForImageClassification
-
     from conftest import tiny_config
 
     torch.manual_seed(0)
@@ -320,8 +320,10 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     write_tiny_vit(tmp_path / "vit")  # only for its image processor
     (tmp_path / "vit" / "preprocessor_config.json").rename(tmp_path / "model" / "preprocessor_config.json")
     write_images(tmp_path / "data", ["class 0", "class 1"], 3)
+    capsys.readouterr()
     assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "exported"),
-                 "--keep-rate", "0.5", "--device", "cpu"]) == 0
+                 "--keep-rate", "0.5", "--device", "cpu", "--data", str(tmp_path / "data")]) == 0
+    assert "freqtr-hf export: measuring on cpu" in capsys.readouterr().err
     assert (tmp_path / "exported" / "README.md").exists() and (tmp_path / "exported" / "config.json").exists()
     assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "preset"),
                  "--preset", "training_free", "--device", "cpu"]) == 0
@@ -329,6 +331,7 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     assert {key: config[key] for key in TRAINING_FREE_FREQ} == TRAINING_FREE_FREQ
     card = (tmp_path / "preset" / "README.md").read_text()
     assert "joins the most similar kept token" in card and "averaged into DC tokens" not in card
+    assert "(a DC token that count to the power 0.5)" in card
     assert "| `low_frequency_merge` | nearest |" in card and "low_frequency_merge" not in (
         tmp_path / "exported" / "README.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
@@ -344,3 +347,82 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "1", "2",
                  "--output", str(tmp_path / "report")]) == 2
     assert "--every" in capsys.readouterr().err
+
+
+def test_a_saved_freqvit_keeps_its_own_reduction_unless_a_flag_changes_it(tiny_checkpoint, tmp_path):
+    saved = tmp_path / "saved"
+    model = FreqViTForImageClassification.from_pretrained(
+        tiny_checkpoint / "model", reduction_method="freq", keep_rate=(0.5, 0.6), score_source="logits"
+    )
+    model.save_pretrained(saved)
+    AutoImageProcessor.from_pretrained(tiny_checkpoint / "model").save_pretrained(saved)
+    argv = ["evaluate", "--model", str(saved), "--data", str(tiny_checkpoint / "data"), "--device", "cpu",
+            "--methods", "freq", "--output", str(tmp_path / "own.json")]
+    assert main(argv) == 0
+    row = json.loads((tmp_path / "own.json").read_text())["results"][1]
+    assert row["keep_rate"] == [0.5, 0.6]
+    assert row["gmacs"] == pytest.approx(count_macs(model.config) / 1e9)
+    assert main([*argv[:-1], str(tmp_path / "flag.json"), "--keep-rate", "0.7", "0.7", "--score-source", "attention"]) == 0
+    assert json.loads((tmp_path / "flag.json").read_text())["results"][1]["keep_rate"] == [0.7, 0.7]
+
+
+def test_per_layer_keep_rates_and_tome_r_beside_other_methods(tiny_checkpoint, capsys):
+    assert main(evaluate(tiny_checkpoint, "--keep-rate", "0.7", "0.5")) == 0
+    assert "freq       0.7/0.5" in capsys.readouterr().out
+    assert main(evaluate(tiny_checkpoint, "--methods", "freq", "tome", "--tome-r", "3")) == 0  # tome_r is tome's
+    table = capsys.readouterr().out
+    assert "tome         r=3" in table and "freq         0.7" in table
+
+
+def test_a_vit_of_any_depth_evaluates_with_its_own_schedule(tmp_path):
+    plain = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+                      patch_size=8, num_labels=2, id2label={0: "class 0", 1: "class 1"})
+    ViTForImageClassification(plain).save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "vit")
+    write_images(tmp_path / "data", ["class 0", "class 1"], 2)
+    argv = ["evaluate", "--model", str(tmp_path / "vit"), "--data", str(tmp_path / "data"), "--device", "cpu",
+            "--methods", "freq", "topk", "--reduction-layers", "1", "2", "--dc-window-sizes", "2", "1"]
+    assert main(argv) == 0
+
+
+def test_top1_says_when_only_some_images_have_a_class_of_the_model(tiny_checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "mixed", ["class 0", "holiday"], 3)
+    argv = ["evaluate", "--model", str(tiny_checkpoint / "model"), "--data", str(tmp_path / "mixed"),
+            "--device", "cpu", "--methods", "freq", "--output", str(tmp_path / "mixed.json")]
+    assert main(argv) == 0
+    assert "top-1 is over the 3 of 6 images whose class is one of the model's" in capsys.readouterr().err
+    assert json.loads((tmp_path / "mixed.json").read_text())["results"][0]["labelled"] == 3
+
+
+def test_labels_matched_by_position_are_announced():
+    with pytest.warns(UserWarning, match="matched by position"):
+        assert label_mapping(["zebra", "kiwi"], {0: "apple", 1: "pear"}, None) == [0, 1]
+
+
+def test_a_label_column_without_class_names_is_refused_by_name(tmp_path):
+    dataset = datasets.Dataset.from_dict({"image": [str(tmp_path / "x.png")], "label": [3]})
+    with pytest.raises(ValueError, match="'label' column"):
+        label_names(dataset)
+
+
+def test_a_config_edited_in_place_is_another_run(tiny_checkpoint, tmp_path, capsys):
+    saved = tmp_path / "saved"
+    FreqViTForImageClassification.from_pretrained(tiny_checkpoint / "model").save_pretrained(saved)
+    AutoImageProcessor.from_pretrained(tiny_checkpoint / "model").save_pretrained(saved)
+    argv = ["evaluate", "--model", str(saved), "--data", str(tiny_checkpoint / "data"), "--device", "cpu",
+            "--methods", "freq", "--state-file", str(tmp_path / "state.json")]
+    assert main(argv) == 0
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "low_frequency_merge": "nearest"}))
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds another run: model_configs differs" in capsys.readouterr().err
+
+
+def test_a_run_with_list_flags_resumes_from_its_own_state(tiny_checkpoint, tmp_path, capsys):
+    flags = ["--reduction-layers", "1", "2", "--dc-window-sizes", "2", "1", "--keep-rate", "0.7", "0.5"]
+    state = str(tmp_path / "state.json")
+    assert main(evaluate(tiny_checkpoint, "--state-file", state, *flags)) == 0
+    capsys.readouterr()
+    assert main(evaluate(tiny_checkpoint, "--state-file", state, *flags)) == 0  # saved as lists, given as tuples
+    assert "holds this run, finished" in capsys.readouterr().err

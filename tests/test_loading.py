@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,24 @@ def test_a_weight_really_missing_is_still_reported(tmp_path):
     save_file({k: v for k, v in weights.items() if k != gone}, tmp_path / "model.safetensors", metadata={"format": "pt"})
     _, info = FreqViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert len(info["missing_keys"]) == 1 and "layers.1" in next(iter(info["missing_keys"]))
+
+
+def test_trained_reduction_parameters_left_unused_by_another_schedule_are_named(tmp_path):
+    config = tiny_config(num_hidden_layers=6, reduction_layers=(1, 3), dc_window_sizes=(2, 1))
+    model = FreqViTForImageClassification(config)
+    model.save_pretrained(tmp_path / "zero")
+    with torch.no_grad():
+        for parameter in model.reduction_parameters().values():
+            parameter.fill_(0.5)  # as after calibration
+    model.save_pretrained(tmp_path / "trained")
+    with pytest.warns(UserWarning, match=r"trained reduction parameter.*layers\.1\.token_reducer\.dc_position_embeddings"):
+        other = FreqViTForImageClassification.from_pretrained(tmp_path / "trained", reduction_layers=(2, 4))
+    assert (other.vit.layers[0].attention.high_pass_gain == 0.5).all()  # per-block ω1 still loads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: same schedule, another method, or nothing trained
+        FreqViTForImageClassification.from_pretrained(tmp_path / "trained", keep_rate=0.5)
+        FreqViTModel.from_pretrained(tmp_path / "trained", reduction_method="topk")
+        FreqViTForImageClassification.from_pretrained(tmp_path / "zero", reduction_layers=(2, 4))
 
 
 def test_real_weights_reduction_off_equals_vit(deit_tiny, imagenette_val):

@@ -42,21 +42,26 @@ def test_window_transfer_follows_window_centres():
     assert window_transfer((8, 8), 4, 2).view(4, 4).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
 
 
+def ones(*shape: int) -> torch.Tensor:
+    """Token sizes of tokens that are one patch each."""
+    return torch.ones(shape)
+
+
 def test_dc_tokens_are_window_means_and_count_weighted_running_means():
     low = torch.tensor([[[1.0], [3.0], [10.0]]])  # windows 0, 0, 1
-    dc, sizes = merge_into_dc_tokens(low, torch.tensor([[0, 0, 1]]), num_windows=2)
+    dc, sizes = merge_into_dc_tokens(low, torch.tensor([[0, 0, 1]]), ones(1, 3), num_windows=2)
     assert dc.flatten().tolist() == [2.0, 10.0]
     assert sizes.tolist() == [[2.0, 1.0]]
 
     new_low = torch.tensor([[[4.0]]])
     folded, folded_sizes = merge_into_dc_tokens(
-        new_low, torch.tensor([[0]]), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0])
+        new_low, torch.tensor([[0]]), ones(1, 1), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0])
     )
     # count-weighted: (2·2 + 1·10 + 4) / 4 = the plain mean of every patch folded in so far
     assert folded.item() == pytest.approx((1 + 3 + 10 + 4) / 4)
     assert folded_sizes.item() == 4
     token_mean, _ = merge_into_dc_tokens(
-        new_low, torch.tensor([[0]]), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0]), count_weighted=False
+        new_low, torch.tensor([[0]]), ones(1, 1), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0]), count_weighted=False
     )
     assert token_mean.item() == pytest.approx((2 + 10 + 4) / 3)
 
@@ -64,15 +69,15 @@ def test_dc_tokens_are_window_means_and_count_weighted_running_means():
 def test_empty_window_gets_the_global_mean_or_zeros():
     low = torch.tensor([[[2.0], [4.0]]])
     windows = torch.tensor([[0, 0]])
-    dc, sizes = merge_into_dc_tokens(low, windows, num_windows=4)
+    dc, sizes = merge_into_dc_tokens(low, windows, ones(1, 2), num_windows=4)
     assert dc.flatten().tolist() == [3.0, 3.0, 3.0, 3.0]
     assert sizes.tolist() == [[2.0, 0.0, 0.0, 0.0]]
-    zeros, _ = merge_into_dc_tokens(low, windows, num_windows=4, fill_global_mean=False)
+    zeros, _ = merge_into_dc_tokens(low, windows, ones(1, 2), num_windows=4, fill_global_mean=False)
     assert zeros.flatten().tolist() == [3.0, 0.0, 0.0, 0.0]
 
 
 def test_dc_merge_keeps_bf16_and_sums_in_fp32():
     low = torch.full((1, 300, 4), 1.001, dtype=torch.bfloat16)
-    dc, _ = merge_into_dc_tokens(low, torch.zeros(1, 300, dtype=torch.long), num_windows=1)
+    dc, _ = merge_into_dc_tokens(low, torch.zeros(1, 300, dtype=torch.long), ones(1, 300), num_windows=1)
     assert dc.dtype == torch.bfloat16
     assert dc.float().sub(low[0, 0].float()).abs().max() == 0

@@ -16,9 +16,9 @@ ends exactly as the uninterrupted run would have; a resume with other settings, 
 
 import argparse
 import importlib.util
+import io
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -38,8 +38,11 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS
-from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, load_images, read_synsets
+from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
+from freqtr_hf.devices import synchronize
+from freqtr_hf.evaluation import (
+    METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets, write_atomically,
+)
 from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
@@ -269,7 +272,7 @@ def class_names(label_names: list[str], synsets: str | None) -> list[str]:
     return [by_wnid.get(name, name) for name in label_names]
 
 
-def build_student(args, label_names: list[str]):
+def build_student(args, train_label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
     pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
@@ -280,13 +283,13 @@ def build_student(args, label_names: list[str]):
         dc_window_sizes=tuple(args.dc_window_sizes),
         **FREQ_PRESETS[args.preset],
     )
-    pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path)
-    label_of = label_mapping(label_names, pretrained.id2label, args.synsets) if label_names else []
-    keep_head = args.distill_only or (bool(label_names) and all(index >= 0 for index in label_of))
+    pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
+    label_of = label_mapping(train_label_names, pretrained.id2label, args.synsets) if train_label_names else []
+    keep_head = args.distill_only or (bool(train_label_names) and all(index >= 0 for index in label_of))
     head = {}
-    if label_names and not keep_head:
-        label_of = list(range(len(label_names)))
-        names = class_names(label_names, args.synsets)
+    if train_label_names and not keep_head:
+        label_of = list(range(len(train_label_names)))
+        names = class_names(train_label_names, args.synsets)
         head = dict(
             num_labels=len(names),
             id2label=dict(enumerate(names)),
@@ -295,7 +298,7 @@ def build_student(args, label_names: list[str]):
         )
     student = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, **reduction, **head)
     teacher = None
-    if keep_head or not label_names:
+    if keep_head or not train_label_names:
         teacher = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, reduction_method="none")
         teacher.requires_grad_(False).eval()
     return student, teacher, label_of
@@ -348,11 +351,15 @@ def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
     model.eval()
     seconds, images, evaluated = 0.0, 0, 0
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        start = time.perf_counter()
-        logits = model(batch["pixel_values"]).logits
-        seconds += time.perf_counter() - start
+        # under the run's mixed precision, so the unreduced teacher is timed as the student is
+        with accelerator.autocast():
+            start = time.perf_counter()
+            logits = model(batch["pixel_values"]).logits
+            synchronize(accelerator.device)
+            seconds += time.perf_counter() - start
+            reference_logits = reference(batch["pixel_values"]).logits if reference else logits
         images += len(logits)
-        reference_predictions = reference(batch["pixel_values"]).logits.argmax(-1) if reference else logits.argmax(-1)
+        reference_predictions = reference_logits.argmax(-1)
         predictions, labels, reference_predictions = accelerator.gather_for_metrics(
             (logits.argmax(-1), batch["labels"], reference_predictions)
         )
@@ -373,13 +380,6 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
 
 
-def write_json(path: Path, value) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
-    temporary = path.with_name(f"{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2))
-    os.replace(temporary, path)
-
-
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, run_state: dict) -> None:
     """Save the full training state and `run_state` (step, history, the "before" evaluation, the job's
     fingerprint) into `step_N.tmp`, then rename it: a save cut short never leaves a `step_N` folder."""
@@ -391,7 +391,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, run_state: dict)
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(staging / RUN_STATE, run_state)
+        write_atomically(staging / RUN_STATE, json.dumps(run_state, indent=2))
         replace_folder(staging, final)
     accelerator.wait_for_everyone()
 
@@ -430,6 +430,8 @@ def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerat
     fingerprint |= {
         "dataset_name": resolved_source(args.dataset_name),
         "model": model_digest(args.model_name_or_path, getattr(student.config, "_commit_hash", None)),
+        # what the flags and the preset made of the student (a preset's fields may change between versions)
+        "reduction": {field: getattr(student.config, field) for field in REDUCTION_FIELDS},
         "train_files": data_fingerprint(train_data),
         "validation_files": data_fingerprint(eval_data) if eval_data is not None else None,
         "synsets": file_digest(args.synsets) if args.synsets else None,
@@ -481,10 +483,10 @@ def main(argv: list[str] | None = None) -> dict:
     with loading(args.model_name_or_path, args.dataset_name or args.train_dir):
         train_data = load_split(args, train=True)
         eval_data = load_split(args, train=False)
-        label_names = train_data.features["label"].names if "label" in train_data.features else []
-        if not label_names and not args.distill_only:
+        train_label_names = label_names(train_data)
+        if not train_label_names and not args.distill_only:
             raise SystemExit("the training data has no labels: pass --distill_only to train by distillation alone")
-        student, teacher, label_of = build_student(args, label_names)
+        student, teacher, label_of = build_student(args, train_label_names)
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     trained = trained_parameters(student, args)
     input_size = model_input_size(processor)
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.overwrite_output_dir and output_dir.is_dir():
             remove_previous_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_file, fingerprint)
+        write_atomically(run_file, json.dumps(fingerprint, indent=2))
     accelerator.wait_for_everyone()
 
     # its own generator: a new iterator (e.g. the one that skips batches on resume) then draws nothing from the
@@ -509,11 +511,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     eval_loader = None
     if eval_data is not None:
-        eval_label_names = eval_data.features["label"].names if "label" in eval_data.features else []
+        eval_label_names = label_names(eval_data)
         if teacher is not None:  # the pretrained head: validation classes map to it as the training classes do
             eval_label_of = label_mapping(eval_label_names, student.config.id2label, args.synsets)
         else:  # a new head, one class per training folder
-            eval_label_of = [label_of[label_names.index(n)] if n in label_names else -1 for n in eval_label_names]
+            eval_label_of = [label_of[train_label_names.index(n)] if n in train_label_names else -1
+                             for n in eval_label_names]
         if accelerator.is_main_process and all(index < 0 for index in eval_label_of):
             print("validation top-1 is not reported: no validation class is one of the model's classes (with the "
                   "pretrained head, wnid folders and --synsets map them); only agreement with the unreduced model is reported",
@@ -523,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
             collate_fn=make_collate(processor, eval_label_of, train=False),
         )
 
+    # an epoch counts the batches of one process: prepared, the loader is split between the processes
+    train_loader = accelerator.prepare(train_loader)
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -530,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
     )
-    student, optimizer, train_loader, scheduler = accelerator.prepare(student, optimizer, train_loader, scheduler)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     if teacher is not None:
@@ -572,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
                 pixels = random_resized_crop_and_flip(batch["pixel_values"], input_size)
                 teacher_logits = None
                 if teacher is not None and (args.distill_weight > 0 or args.distill_only):
-                    with torch.no_grad():
+                    with torch.no_grad(), accelerator.autocast():
                         teacher_logits = teacher(pixels).logits
                 outputs = student(pixels)
                 loss = training_loss(args, outputs, batch["labels"], teacher_logits)
@@ -636,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict:
                 name=public_name(str(model_dir), parts=2), repo_id=args.hub_model_id, license=args.license,
             )
             card.save(staging / "README.md")
-        write_json(output_dir / "results.json", results)
+        write_atomically(output_dir / "results.json", json.dumps(results, indent=2))
         plot_learning_curve(history, output_dir / "learning_curve.png")
         if args.push_to_hub:
             publish_to_hub(model_dir, args.hub_model_id, token=args.hub_token)
@@ -692,10 +697,10 @@ def plot_learning_curve(history: dict, path: Path) -> None:
         top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
     figure.suptitle("FreqViT fine-tuning")
     figure.tight_layout()
-    temporary = path.with_name(f"{path.name}.tmp")
-    figure.savefig(temporary, dpi=120, format="png")
+    image = io.BytesIO()
+    figure.savefig(image, dpi=120, format="png")
     plt.close(figure)
-    os.replace(temporary, path)
+    write_atomically(path, image.getvalue())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
 from freqtr_hf import FreqViTForImageClassification
-from freqtr_hf.evaluation import load_images
+from freqtr_hf.evaluation import label_names, load_images
 
 from finetune import class_names, loading, make_collate, model_input_size, random_resized_crop_and_flip
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> Trainer:
 
     with loading(args.model_name_or_path, args.train_dir):
         dataset = load_images(args.train_dir)
-        names = class_names(dataset.features["label"].names, args.synsets)
+        names = class_names(label_names(dataset), args.synsets)
         model = FreqViTForImageClassification.from_pretrained(
             args.model_name_or_path,
             reduction_method=args.reduction_method,
