@@ -19,14 +19,16 @@ on sdpa.
 
 import argparse
 import statistics
-import time
+from functools import partial
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode  # the hook that sees every aten op, as FlopCounterMode
 from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
-from freqtr_hf.devices import DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize
+from freqtr_hf.devices import (
+    DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
+)
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
 from freqtr_hf_cli import HelpFormatter, positive_int
 
@@ -115,8 +117,7 @@ def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
 
 def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -> tuple[dict, dict]:
     """Per model: its times over the rounds, and its peak memory (bytes, CUDA only)."""
-    times, peaks = {name: [] for name in models}, {}
-    names = list(models)
+    peaks, names = {}, list(models)
     with torch.inference_mode():
         for name in names:  # warm-up (CUDA graphs record on the second call, replay from the third), peak memory
             if device.type == "cuda":
@@ -125,15 +126,8 @@ def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -
                 models[name][0](pixels)
             synchronize(device)
             peaks[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        for round_index in range(rounds):
-            # rotate the order, so that no model always runs first (or after the same one)
-            for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
-                synchronize(device)
-                start = time.perf_counter()
-                models[name][0](pixels)
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    return times, peaks
+        measured = time_in_turns([partial(models[name][0], pixels) for name in names], rounds, device)
+    return dict(zip(names, measured)), peaks
 
 
 def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, ops: dict | None = None) -> None:

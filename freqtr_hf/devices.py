@@ -1,5 +1,8 @@
 """Where models run: `--device auto|cpu|cuda|mps` and `--dtype`, resolved once for every command and the Space."""
 
+import time
+from collections.abc import Callable
+
 import torch
 
 
@@ -48,3 +51,18 @@ def synchronize(device: torch.device) -> None:
     as they are called)."""
     if device.type != "cpu":
         torch.accelerator.synchronize(device)
+
+
+def time_in_turns(calls: list[Callable[[], object]], rounds: int, device: torch.device) -> list[list[float]]:
+    """Seconds of every call in each of `rounds` rounds. The calls take turns within a round, in an order that
+    rotates between rounds, so that drift hits them alike and none always runs first (or after the same one)."""
+    times = [[] for _ in calls]
+    for round_index in range(rounds):
+        shift = round_index % len(calls)
+        for index in [*range(shift, len(calls)), *range(shift)]:
+            synchronize(device)
+            start = time.perf_counter()
+            calls[index]()
+            synchronize(device)
+            times[index].append(time.perf_counter() - start)
+    return times

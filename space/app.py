@@ -18,7 +18,6 @@ import os
 import statistics
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -36,7 +35,7 @@ from transformers import AutoImageProcessor
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
 from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
-from freqtr_hf.devices import describe, resolve_device, synchronize
+from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary
 
@@ -213,16 +212,8 @@ def median_latencies(
 ) -> list[float]:
     """Median seconds per call of each model on `pixels`, over `runs` timed rounds after `warmup` untimed ones (so
     no model pays for a cold first run). The models take turns within a round, so drift hits them alike."""
-    times = [[] for _ in models]
-    for round_index in range(warmup + runs):
-        for model, record in zip(models, times):
-            synchronize(pixels.device)
-            start = time.perf_counter()
-            model(pixels)
-            synchronize(pixels.device)
-            if round_index >= warmup:
-                record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+    times = time_in_turns([functools.partial(model, pixels) for model in models], warmup + runs, pixels.device)
+    return [statistics.median(record[warmup:]) for record in times]
 
 
 def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> None:

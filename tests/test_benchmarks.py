@@ -10,6 +10,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.devices import time_in_turns
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -18,6 +19,13 @@ from training_free import paired_test  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
              patch_size=8, num_labels=5)
+
+
+def test_timed_calls_take_turns_in_a_rotating_order():
+    order = []
+    times = time_in_turns([lambda name=name: order.append(name) for name in "abc"], 4, torch.device("cpu"))
+    assert order == list("abc" "bca" "cab" "abc")
+    assert [len(record) for record in times] == [4, 4, 4] and all(t >= 0 for record in times for t in record)
 
 
 def test_the_free_reduction_runs_at_the_token_counts_of_freq():
