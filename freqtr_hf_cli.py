@@ -108,7 +108,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, many: bool = False) -> N
 
 PRESET_HELP = (
     "freq: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model without training: nearest merge, "
-    "proportional attention; docs/training_free.md)"
+    "proportional attention, tempered DC weight; docs/training_free.md)"
 )
 # a reduction flag left out keeps the checkpoint's value (a saved FreqViT's own), else the config's default
 CHECKPOINT_DEFAULT = " (default: the checkpoint's, else {})"

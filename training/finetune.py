@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="per reduction layer, w: w x w DC windows (freq)")
     parser.add_argument("--preset", choices=list(FREQ_PRESETS), default="paper",
                         help="freq's options: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model "
-                        "without training: nearest merge, proportional attention)")
+                        "without training: nearest merge, proportional attention, tempered DC weight)")
     args = parser.parse_args(argv)
     if not (args.dataset_name or args.train_dir):
         parser.error("give --dataset_name or --train_dir")
