@@ -351,12 +351,14 @@ def read_batch(
 
 
 def format_table(results: list[MethodResult]) -> str:
-    header = f"{'method':<10} {'keep':>5} {'top-1 %':>8} {'agree %':>8} {'GMACs':>7} {'img/s':>8} {'speed-up':>8}"
+    width = max(5, *(len(r.keep) for r in results))  # per-layer rates read 0.7/0.7/0.5
+    header = (f"{'method':<10} {'keep':>{width}} {'top-1 %':>8} {'agree %':>8} {'GMACs':>7} {'img/s':>8} "
+              f"{'speed-up':>8}")
     lines = [header, "-" * len(header)]
     for r in results:
         top1 = f"{100 * r.top1:.1f}" if r.top1 is not None else "-"
         lines.append(
-            f"{r.method:<10} {r.keep:>5} {top1:>8} {100 * r.agreement:>8.1f} {r.gmacs:>7.2f} "
+            f"{r.method:<10} {r.keep:>{width}} {top1:>8} {100 * r.agreement:>8.1f} {r.gmacs:>7.2f} "
             f"{r.images_per_second:>8.1f} {r.speedup:>7.2f}x"
         )
     return "\n".join(lines)
