@@ -52,8 +52,10 @@ def selected_hidden_states(output_hidden_states: bool | int | list[int] | None, 
     return {index % count for index in indices if -count <= index < count}
 
 
-# the parameters the reduction adds to a ViT (names matched with re.search): not in a ViT checkpoint
-REDUCTION_PARAMETER_NAMES = (r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.")
+# the parameters the reduction adds to a ViT (names matched with re.search): not in a ViT checkpoint; freq's own
+# (ω1, ω2, DC position embeddings) start at zero, where they compute the method exactly
+FREQ_PARAMETER_NAMES = (r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$")
+REDUCTION_PARAMETER_NAMES = (*FREQ_PARAMETER_NAMES, r"token_reducer\.")
 
 
 def unused_reduction_parameters(model: nn.Module, weights_file: str, saved_method: str | None) -> list[str]:
@@ -236,9 +238,7 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
     _can_record_outputs = {}
     # Zero-initialised reduction parameters compute the method exactly: a ViT checkpoint without them is complete.
     # Parameters that need training (DynamicViT's predictor, SiT, PatchMerger, Sinkhorn) are still reported missing.
-    _keys_to_ignore_on_load_missing = [
-        r"\.high_pass_gain$", r"\.dc_gain$", r"\.dc_position_embeddings$", r"token_reducer\.token_score\.",
-    ]
+    _keys_to_ignore_on_load_missing = [*FREQ_PARAMETER_NAMES, r"token_reducer\.token_score\."]
     # and a FreqViT checkpoint loaded with another method (or unreduced) leaves its reduction parameters unused;
     # `from_pretrained` warns when that drops trained ones of the same method (another schedule)
     _keys_to_ignore_on_load_unexpected = list(REDUCTION_PARAMETER_NAMES)
