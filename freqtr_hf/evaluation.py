@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, BaseImageProcessor
 
 from .configuration_freqvit import FreqViTConfig
-from .fingerprint import file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest
+from .fingerprint import (
+    exclusive_use, file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest,
+)
 from .images import ImageReadError, read_image
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification
@@ -258,9 +260,57 @@ def compare_methods(
     """Run every model on every batch; top-1 against labels (when known), agreement with the `"none"` model.
 
     With `state_file`, progress is saved after every batch and a rerun of the same run (same `fingerprint`)
-    resumes; a finished run re-reports its results. Returns the rows and the images skipped as unreadable."""
+    resumes; a finished run re-reports its results; a second run on a state file in use is refused. Returns the
+    rows and the images skipped as unreadable."""
+    with exclusive_use(state_file, "--state-file") if state_file else nullcontext():
+        state = predict_in_turns(
+            models, dataset, processor, label_of, batch_size, state_file, fingerprint or {}, restart, skip_bad_images
+        )
+    if not state.labels:
+        raise ValueError("data: no image could be read" if state.skipped else "data: no images")
+
+    metric = evaluate.load(METRIC_SCRIPT)
+    reference = state.predictions["none"]
+    base_speed = len(state.labels) / max(state.seconds["none"], 1e-12)
+    results = []
+    for method, model in models.items():
+        scores = metric.compute(
+            predictions=state.predictions[method], references=state.labels, reference_predictions=reference
+        )
+        speed = len(state.labels) / max(state.seconds[method], 1e-12)
+        config = model.config
+        per_layer_tome = method != "none" and config.tome_r is not None
+        results.append(
+            MethodResult(
+                method=method,
+                keep_rate=1.0 if method == "none" else None if per_layer_tome else config.keep_rate,
+                top1=scores.get("top1"),
+                agreement=scores["agreement"],
+                gmacs=count_macs(config) / 1e9,
+                images_per_second=speed,
+                speedup=speed / base_speed,
+                images=len(state.labels),
+                labelled=scores["num_labelled"],
+                tome_r=config.tome_r if per_layer_tome else None,
+            )
+        )
+    return results, state.skipped
+
+
+def predict_in_turns(
+    models: dict[str, torch.nn.Module],
+    dataset: datasets.Dataset,
+    processor: BaseImageProcessor,
+    label_of: list[int],
+    batch_size: int,
+    state_file: str | None,
+    fingerprint: dict,
+    restart: bool,
+    skip_bad_images: bool,
+) -> EvaluationState:
+    """Every model's predictions on every image, timed in turns, the progress saved to `state_file` after every
+    batch and resumed from it (see `compare_methods`)."""
     methods = list(models)
-    fingerprint = fingerprint or {}
     state = EvaluationState.start(fingerprint, methods)
     if state_file and Path(state_file).exists() and not restart:
         state = EvaluationState.load(state_file, fingerprint, methods, len(dataset))
@@ -300,35 +350,7 @@ def compare_methods(
             progress.update(count)
             if state_file:
                 state.save(state_file)
-    if not state.labels:
-        raise ValueError("data: no image could be read" if state.skipped else "data: no images")
-
-    metric = evaluate.load(METRIC_SCRIPT)
-    reference = state.predictions["none"]
-    base_speed = len(state.labels) / max(state.seconds["none"], 1e-12)
-    results = []
-    for method, model in models.items():
-        scores = metric.compute(
-            predictions=state.predictions[method], references=state.labels, reference_predictions=reference
-        )
-        speed = len(state.labels) / max(state.seconds[method], 1e-12)
-        config = model.config
-        per_layer_tome = method != "none" and config.tome_r is not None
-        results.append(
-            MethodResult(
-                method=method,
-                keep_rate=1.0 if method == "none" else None if per_layer_tome else config.keep_rate,
-                top1=scores.get("top1"),
-                agreement=scores["agreement"],
-                gmacs=count_macs(config) / 1e9,
-                images_per_second=speed,
-                speedup=speed / base_speed,
-                images=len(state.labels),
-                labelled=scores["num_labelled"],
-                tome_r=config.tome_r if per_layer_tome else None,
-            )
-        )
-    return results, state.skipped
+    return state
 
 
 def read_batch(

@@ -1,5 +1,11 @@
 """Shared fixtures: tiny random configs for mechanics, `../shared/assets` for real-weight checks."""
 
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +76,20 @@ def imagenette_val() -> Path:
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
+
+
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[None]:
+    """Another process holds `path` (a state file, an output folder) as a run does, until the block ends; then it
+    is killed (SIGKILL: no clean-up of its own), as a crashed run would be."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from freqtr_hf.fingerprint import exclusive_use\n"
+         "with exclusive_use(sys.argv[1], 'x'):\n print('held', flush=True); time.sleep(600)", str(path)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

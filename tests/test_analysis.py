@@ -12,6 +12,7 @@ import torch
 
 from freqtr_hf.analysis_report import AnalysisOptions, run_analysis
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.fingerprint import RunInUseError
 from freqtr_hf.frequency_analysis import (
     add_token_noise,
     diagonal_log_amplitude,
@@ -32,7 +33,7 @@ from freqtr_hf.pattern_analysis import (
 )
 from freqtr_hf.token_state import TokenProvenance, TokenState
 
-from conftest import write_images, write_tiny_vit
+from conftest import held_by_another_process, write_images, write_tiny_vit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,6 +291,15 @@ def test_a_damaged_cache_is_named_and_computed_again(tiny_setup, tmp_path, capsy
     again = run_analysis(output=str(tmp_path / "out"), **arguments)
     assert f"recomputing topk@0.5: {meta} or topk@0.5.npz is damaged" in capsys.readouterr().out
     assert json.dumps(again["accuracy"]) == json.dumps(first["accuracy"])
+
+
+def test_an_output_folder_in_use_by_another_run_is_refused(tiny_setup, tmp_path):
+    arguments = dict(model=str(tiny_setup / "model"), data=[str(tiny_setup / "first")], methods=["topk"],
+                     keep_rates=[0.5], output=str(tmp_path / "out"), batch_size=4)
+    with held_by_another_process(tmp_path / "out"), pytest.raises(RunInUseError, match="--output: .*in use"):
+        run_analysis(**arguments)
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert run_analysis(**arguments)["accuracy"]  # the holder died: the folder is free
 
 
 def test_bad_arguments_name_the_flag(tiny_setup, tmp_path):

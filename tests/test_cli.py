@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
+import freqtr_hf.evaluation
 import freqtr_hf_cli
 from freqtr_hf import FreqViTForImageClassification, count_macs
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS
@@ -22,7 +23,7 @@ from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, l
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf_cli import main
 
-from conftest import SYNSETS, write_images, write_tiny_vit
+from conftest import SYNSETS, held_by_another_process, write_images, write_tiny_vit
 
 
 @pytest.fixture
@@ -169,6 +170,36 @@ def test_a_damaged_state_is_refused_naming_the_file(tiny_checkpoint, tmp_path, c
     assert main(evaluate(tiny_checkpoint, "--state-file", str(state))) == 2
     error = error_lines(capsys.readouterr().err)
     assert len(error) == 1 and str(state) in error[0] and "--restart" in error[0]
+
+
+def test_a_second_run_on_a_state_file_in_use_is_refused_and_the_first_finishes(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    state, output = tmp_path / "state.json", tmp_path / "first.json"
+    expected = tmp_path / "expected.json"
+    assert main(evaluate(tiny_checkpoint, "--output", str(expected))) == 0
+    second = []
+    read_batch = freqtr_hf.evaluation.read_batch
+
+    def read_and_start_a_second_run(*args):  # the second run starts while the first is at its first batch
+        if not second:
+            second.append(main(evaluate(tiny_checkpoint, "--state-file", str(state))))
+        return read_batch(*args)
+
+    monkeypatch.setattr(freqtr_hf.evaluation, "read_batch", read_and_start_a_second_run)
+    capsys.readouterr()
+    assert main(evaluate(tiny_checkpoint, "--state-file", str(state), "--output", str(output))) == 0
+    assert second == [2]
+    error = error_lines(capsys.readouterr().err)
+    assert len(error) == 1 and "--state-file" in error[0] and str(state) in error[0] and "in use" in error[0]
+    rows = lambda path: [{k: v for k, v in row.items() if k not in ("images_per_second", "speedup")}
+                         for row in json.loads(path.read_text())["results"]]
+    assert rows(output) == rows(expected)  # the first run's progress was not touched
+    # held by another process, then that process killed: refused, then free again
+    with held_by_another_process(state):
+        assert main(evaluate(tiny_checkpoint, "--state-file", str(state))) == 2
+        assert "in use by another run" in error_lines(capsys.readouterr().err)[0]
+    assert main(evaluate(tiny_checkpoint, "--state-file", str(state))) == 0
 
 
 def test_unreadable_images_are_named_or_skipped(tiny_checkpoint, tmp_path, capsys):

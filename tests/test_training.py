@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification, ViTImageProcessor
 
-from conftest import tiny_config, write_images, write_tiny_vit
+from conftest import held_by_another_process, tiny_config, write_images, write_tiny_vit
 from test_loading import remote_code_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +133,14 @@ def test_a_non_empty_output_dir_is_refused_before_any_work(tiny_run, tmp_path):
         finetune.main([*run_args(tiny_run, tmp_path, "--max_train_steps", "2"), *missing])
     with pytest.raises(SystemExit, match="holds no run of this script to resume"):
         finetune.main([*run_args(tiny_run, tmp_path, "--resume_from_checkpoint", "latest"), *missing])
+
+
+def test_an_output_dir_in_use_by_another_run_is_refused(tiny_run, tmp_path):
+    output = tmp_path / "out"
+    with held_by_another_process(output), pytest.raises(SystemExit, match="--output_dir: .*in use by another run"):
+        finetune.main(run_args(tiny_run, output, "--max_train_steps", "1"))
+    assert not output.exists()  # refused before any work
+    assert finetune.main(run_args(tiny_run, output, "--max_train_steps", "1"))["steps"] == 1  # the holder died
 
 
 def test_overwrite_output_dir_starts_afresh_and_removes_the_old_checkpoints(tiny_run, tmp_path):

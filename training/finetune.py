@@ -23,14 +23,14 @@ import re
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import datasets
 import evaluate
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -43,7 +43,7 @@ from freqtr_hf.devices import synchronize
 from freqtr_hf.evaluation import (
     METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets, write_atomically,
 )
-from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
+from freqtr_hf.fingerprint import RunInUseError, exclusive_use, file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
     gmacs, is_hub_id, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
@@ -458,8 +458,18 @@ def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
     check_output_dir(args)
+    # the main process holds the output folder for the whole run: a second run there would mix their checkpoints
+    try:
+        with exclusive_use(args.output_dir, "--output_dir") if PartialState().is_main_process else nullcontext():
+            return train(args)
+    except RunInUseError as error:
+        raise SystemExit(str(error)) from None
+
+
+def train(args: argparse.Namespace) -> dict:
+    """The run of `main`, in its output folder."""
+    output_dir = Path(args.output_dir)
     missing = missing_dependencies(args)
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: install with {INSTALL_TRAIN}")
