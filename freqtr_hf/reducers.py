@@ -125,15 +125,16 @@ class FrequencyReducer(TokenReducer):
         destinations, kept = None, None
         if self.merge_nearest:
             # compare in feature space with the DC token the paper's rule would make for the window
-            features = maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states
-            low_features = gather_tokens(features, low_at)
-            centres, _ = self.dc_means(
-                low_features, low_windows, low_sizes,
-                features[:, 1 + num_candidates :] if tokens.num_merged else None, tokens, old_dc_windows,
-            )
-            destinations = nearest_destinations(low_features, gather_tokens(features, keep_at), centres, low_windows)
+            kept = gather_tokens(hidden_states, keep_at)
+            low_features, kept_features, old_features = low, kept, old_dc
+            if self.merge_on_keys:
+                keys = maps.keys.mean(dim=1)
+                low_features, kept_features = gather_tokens(keys, low_at), gather_tokens(keys, keep_at)
+                old_features = keys[:, 1 + num_candidates :] if tokens.num_merged else None
+            centres, _ = self.dc_means(low_features, low_windows, low_sizes, old_features, tokens, old_dc_windows)
+            destinations = nearest_destinations(low_features, kept_features, centres, low_windows)
             kept, kept_sizes = absorb_into_kept_tokens(
-                gather_tokens(hidden_states, keep_at), candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
+                kept, candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
             )
             low_sizes = torch.where(destinations >= 0, 0.0, low_sizes)  # those joined no longer reach the DC
         dc_tokens, dc_sizes = self.dc_means(low, low_windows, low_sizes, old_dc, tokens, old_dc_windows)
