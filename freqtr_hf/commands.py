@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import huggingface_hub
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 
@@ -65,6 +66,13 @@ def prepare_output_files(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: cannot create the folder of {path} ({error.strerror or error})") from error
 
 
+def offline_hint() -> str:
+    """huggingface_hub retries an unreachable Hub for about 20 s; its offline mode reads the cache at once."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return ""
+    return " (or set HF_HUB_OFFLINE=1 to use the local cache without retrying)"
+
+
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report the errors a user can cause in one line that names the problem, and exit with status 2."""
 
@@ -75,12 +83,14 @@ def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
         except SafetensorError as error:
             return _fail(f"{args.model}: its weights file cannot be read ({error}); download or export it again")
         except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as error:
-            return _fail(f"cannot reach the Hugging Face Hub ({_first_line(error)}); offline, pass local folders")
+            reason = _first_line(error)
+            return _fail(f"cannot reach the Hugging Face Hub ({reason}); offline, pass local folders{offline_hint()}")
         except OSError as error:
             hint = ""
             names = [args.model, *(args.data if isinstance(args.data, list) else [args.data])]
             if any(name and not Path(name).exists() for name in names):
                 hint = "; offline or without the Hugging Face Hub, pass local folders with --model and --data"
+                hint += offline_hint()
             return _fail(f"{_first_line(error)}{hint}")
         except ValueError as error:
             return _fail(str(error))

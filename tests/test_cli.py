@@ -340,6 +340,7 @@ def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     assert result.returncode == 2
     message = error_lines(result.stderr)
     assert len(message) == 1 and "pass local folders" in message[0]
+    assert "HF_HUB_OFFLINE" not in message[0]  # it is set: no advice to set it
 
 
 def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
