@@ -75,7 +75,7 @@ class FreqViTConfig(ViTConfig):
     dc_update (`str`, defaults to `"count_weighted"`):
         How later reduction layers fold new low-frequency tokens into the existing DC tokens: `"count_weighted"`
         (running mean weighted by the number of original patches each DC token stands for) or `"token_mean"`
-        (every old DC token counts as one token).
+        (every old DC token counts as one token; that of a window that received nothing, none).
     dc_empty_fill (`str`, defaults to `"global_mean"`):
         Value of a DC window that received no token: `"global_mean"` (mean of all low-frequency content) or
         `"zeros"`. Either way every image has the same number of tokens.
@@ -162,6 +162,13 @@ class FreqViTConfig(ViTConfig):
         for name in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:  # ViT would silently drop the remainder's channels
+            raise ValueError(
+                f"hidden_size: must be a multiple of num_attention_heads ({self.num_attention_heads}), got "
+                f"{self.hidden_size}"
+            )
+        if self.reduction_method == "dynamicvit" and self.hidden_size < 4:  # its predictor narrows to hidden_size/4
+            raise ValueError(f"hidden_size: DynamicViT's keep predictor needs at least 4, got {self.hidden_size}")
         if self.tome_r is not None and (self.reduction_method != "tome" or self.tome_r < 1):
             raise ValueError(f"tome_r: a positive number of tokens for reduction_method 'tome', got {self.tome_r}")
         for name, (low, high) in ITERATION_LIMITS.items():
@@ -207,10 +214,16 @@ class FreqViTConfig(ViTConfig):
             )
         check_stages(self.reduction_method, self.reduction_stages, patch_grid(self.image_size, self.patch_size))
 
-    def reduction_signature(self) -> tuple:
-        """Every value the model's reduction is built from: a model compares it with the one it was built with."""
-        fields = (*REDUCTION_FIELDS, "num_hidden_layers", "hidden_size", "num_attention_heads", "image_size", "patch_size")
-        return tuple(getattr(self, name) for name in fields)
+    def reduction_signature(self) -> dict:
+        """Every value the model's reduction is built from, by name, in a normal form (a list as a tuple, a size as
+        a pair, one keep rate as one per layer), so that a model can compare it with the one it was built with: an
+        equal value written another way is no change."""
+        fields = (*REDUCTION_FIELDS, "num_hidden_layers", "hidden_size", "num_attention_heads")
+        values = {name: getattr(self, name) for name in fields}
+        values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
+        if not isinstance(values["keep_rate"], tuple):
+            values["keep_rate"] = (values["keep_rate"],) * len(values["reduction_layers"])
+        return {**values, "image_size": tuple(pair(self.image_size)), "patch_size": tuple(pair(self.patch_size))}
 
     @property
     def weights_attention_keys(self) -> bool:
@@ -223,8 +236,8 @@ class FreqViTConfig(ViTConfig):
     @property
     def keep_rates(self) -> tuple[float, ...]:
         """One keep rate per entry of `reduction_layers`."""
-        if isinstance(self.keep_rate, tuple):
-            return self.keep_rate
+        if isinstance(self.keep_rate, (list, tuple)):
+            return tuple(self.keep_rate)
         return (self.keep_rate,) * len(self.reduction_layers)
 
     @property

@@ -53,16 +53,28 @@ def synchronize(device: torch.device) -> None:
         torch.accelerator.synchronize(device)
 
 
+def take_turns(
+    calls: list[Callable[[], object]], round_index: int, device: torch.device
+) -> tuple[list[float], list[object]]:
+    """Round `round_index` of a side-by-side timing: every call once, starting with call `round_index % len(calls)`
+    and wrapping around, so that over rounds drift hits the calls alike and none always runs first (or after the
+    same one). Returns the seconds of every call and what it returned, in the order of `calls`."""
+    seconds, outputs = [0.0] * len(calls), [None] * len(calls)
+    shift = round_index % len(calls)
+    for index in [*range(shift, len(calls)), *range(shift)]:
+        synchronize(device)
+        start = time.perf_counter()
+        outputs[index] = calls[index]()
+        synchronize(device)
+        seconds[index] = time.perf_counter() - start
+    return seconds, outputs
+
+
 def time_in_turns(calls: list[Callable[[], object]], rounds: int, device: torch.device) -> list[list[float]]:
-    """Seconds of every call in each of `rounds` rounds. The calls take turns within a round, in an order that
-    rotates between rounds, so that drift hits them alike and none always runs first (or after the same one)."""
+    """Seconds of every call in each of `rounds` rounds of `take_turns`."""
     times = [[] for _ in calls]
     for round_index in range(rounds):
-        shift = round_index % len(calls)
-        for index in [*range(shift, len(calls)), *range(shift)]:
-            synchronize(device)
-            start = time.perf_counter()
-            calls[index]()
-            synchronize(device)
-            times[index].append(time.perf_counter() - start)
+        seconds, _ = take_turns(calls, round_index, device)
+        for record, second in zip(times, seconds):
+            record.append(second)
     return times

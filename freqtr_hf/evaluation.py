@@ -8,11 +8,11 @@ import json
 import math
 import os
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, BaseImageProcessor
 
 from .configuration_freqvit import FreqViTConfig
+from .devices import take_turns
 from .fingerprint import (
     exclusive_use, file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest,
 )
@@ -334,16 +335,13 @@ def predict_in_turns(
                     for model in models.values():
                         model(pixel_values)
                     warm = True
-                # the order rotates between batches, so that no model always runs first or after the same one
-                shift = batch_index % len(methods)
-                predictions = {}
-                for method in methods[shift:] + methods[:shift]:
-                    start = time.perf_counter()
-                    logits = models[method](pixel_values).logits
-                    predictions[method] = logits.argmax(-1).tolist()  # to the host: the timing includes the work
-                    state.seconds[method] += time.perf_counter() - start
-                for method in methods:
-                    state.predictions[method] += predictions[method]
+                # the models take turns, the first one rotating between batches
+                seconds, predictions = take_turns(
+                    [partial(predict, models[method], pixel_values) for method in methods], batch_index, device
+                )
+                for method, second, predicted in zip(methods, seconds, predictions):
+                    state.seconds[method] += second
+                    state.predictions[method] += predicted
             state.labels += labels
             state.skipped += skipped
             state.done += count
@@ -351,6 +349,11 @@ def predict_in_turns(
             if state_file:
                 state.save(state_file)
     return state
+
+
+def predict(model: torch.nn.Module, pixel_values: torch.Tensor) -> list[int]:
+    """The model's top-1 class of every image."""
+    return model(pixel_values).logits.argmax(-1).tolist()
 
 
 def read_batch(

@@ -374,10 +374,12 @@ class FreqViTModel(FreqViTPreTrainedModel):
                 f"({self.embeddings.image_size[0]}*{self.embeddings.image_size[1]}); "
                 "pass interpolate_pos_encoding=True for other sizes"
             )
-        if self.config.reduction_signature() != self._built_reduction:
+        signature = self.config.reduction_signature()
+        changed = [name for name, value in signature.items() if self._built_reduction[name] != value]
+        if changed:
             raise ValueError(
-                "config: its reduction fields changed after the model was built, so the model would not compute what "
-                "they say; build a new model from the changed config"
+                f"config: {', '.join(changed)} changed after the model was built, so the model would not compute "
+                "what the config says; build a new model from the changed config"
             )
         method = self.config.reduction_method
         if self.config.weights_attention_keys and self.config._attn_implementation not in ("eager", "sdpa"):

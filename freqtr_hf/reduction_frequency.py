@@ -90,7 +90,7 @@ def merge_into_dc_tokens(
     low_tokens: (B, l, C) and their windows (B, l); low_sizes (B, l): the original patches each stands for (0
     leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
     (B, d), and the new window each goes into (d,). With `count_weighted` a token weighs as many patches as it
-    stands for, otherwise as one token. A window that receives nothing gets the global mean of all it was given
+    stands for, otherwise as one token (a token of no patch, such as an empty window's filler, weighs nothing). A window that receives nothing gets the global mean of all it was given
     (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts (B, num_windows).
     """
     batch = low_tokens.shape[0]
@@ -100,7 +100,7 @@ def merge_into_dc_tokens(
     if old_dc_tokens is not None:
         tokens = torch.cat([low_tokens, old_dc_tokens], dim=1)
         windows = torch.cat([low_windows, old_dc_windows.expand(batch, -1)], dim=1)
-        old_weights = old_dc_sizes if count_weighted else torch.ones_like(old_dc_sizes)
+        old_weights = old_dc_sizes if count_weighted else (old_dc_sizes > 0).float()  # an empty window's filler: none
         weights = torch.cat([sizes, old_weights], dim=1)
         sizes = torch.cat([sizes, old_dc_sizes], dim=1)
     dc_tokens, totals = group_means(tokens, windows, weights, num_windows)

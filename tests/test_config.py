@@ -66,6 +66,9 @@ def test_keep_rate_one_and_none_do_not_reduce():
         (dict(cluster_iterations=0), "cluster_iterations"),
         (dict(reduction_method="tome", tome_r=0), "tome_r"),
         (dict(reduction_method="tome", keep_rate=0.004), "keep_rate"),
+        (dict(hidden_size=10, num_attention_heads=3, intermediate_size=8), "hidden_size"),
+        (dict(hidden_size=2, num_attention_heads=4, intermediate_size=8), "num_attention_heads|hidden_size"),
+        (dict(reduction_method="dynamicvit", hidden_size=3, num_attention_heads=1, intermediate_size=8), "hidden_size"),
     ],
 )
 def test_bad_values_raise_naming_the_field(overrides, field):

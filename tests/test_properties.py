@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
 from freqtr_hf.token_schedule import PRUNING_METHODS
 
@@ -95,8 +95,26 @@ def test_a_field_changed_after_the_model_was_built_is_refused_when_it_runs():
                            dc_window_sizes=(2, 1))
     model = FreqViTForImageClassification(config).eval()
     model.config.keep_rate = 0.5
-    with pytest.raises(ValueError, match="changed after the model was built"):
+    with pytest.raises(ValueError, match="config: keep_rate changed after the model was built"):
         model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("dc_window_sizes", [2, 1]), ("reduction_layers", [0, 1]), ("keep_rate", (0.7, 0.7)), ("keep_rate", [0.7, 0.7]),
+     ("image_size", [32, 32]), ("patch_size", (8, 8))],
+)
+def test_an_equal_value_written_another_way_is_no_change(field, value):
+    config = FreqViTConfig(**TINY, image_size=32, patch_size=8, num_hidden_layers=3, reduction_layers=(0, 1),
+                           dc_window_sizes=(2, 1))
+    model = FreqViTForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    macs = count_macs(config)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        setattr(model.config, field, value)
+        torch.testing.assert_close(model(pixels).logits, expected, rtol=0, atol=0)
+    assert count_macs(model.config) == macs
 
 
 def test_a_shallow_vit_loads_with_its_own_schedule(tmp_path):

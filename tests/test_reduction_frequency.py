@@ -64,6 +64,13 @@ def test_dc_tokens_are_window_means_and_count_weighted_running_means():
         new_low, torch.tensor([[0]]), ones(1, 1), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0]), count_weighted=False
     )
     assert token_mean.item() == pytest.approx((2 + 10 + 4) / 3)
+    # an empty window's DC token (no patch, only the filler) is no token to fold, whatever its filler
+    empty = torch.tensor([[[100.0]]])
+    token_mean, token_sizes = merge_into_dc_tokens(
+        new_low, torch.tensor([[0]]), ones(1, 1), 1, torch.cat([dc, empty], 1), torch.cat([sizes, torch.zeros(1, 1)], 1),
+        old_dc_windows=torch.tensor([0, 0, 0]), count_weighted=False,
+    )
+    assert token_mean.item() == pytest.approx((2 + 10 + 4) / 3) and token_sizes.item() == 4
 
 
 def test_empty_window_gets_the_global_mean_or_zeros():
