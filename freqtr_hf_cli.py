@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             resume = f"; run the same command again to resume from {state}"
         elif hasattr(args, "state_file") and not state:
             resume = "; with --state-file FILE a run can be resumed after an interruption"
+        elif args.command == "analyze" and (Path(args.output) / "cache").exists():
+            resume = f"; run the same command again to resume from the caches in {Path(args.output) / 'cache'}"
         print(f"\nfreqtr-hf: interrupted{resume}", file=sys.stderr)
         return 130
 

@@ -684,6 +684,8 @@ def run_analysis(
     every = [every] * len(data) if isinstance(every, int) else list(every)
     check_arguments(data, methods, keep_rates, every, batch_size)
     names = data_set_names(data)
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"--output: {output} is a file; give a folder for the report")
     with exclusive_use(output, "--output"):  # two runs on one folder would overwrite each other's caches
         FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
         target = resolve_device(device)

@@ -16,22 +16,22 @@ from safetensors import SafetensorError
 from .configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
 from .evaluation import format_table, results_json, run_evaluation, write_atomically
-from .publishing import is_hub_id
+from .publishing import PublishError, is_hub_id
 
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
-    """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults)."""
+    """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults), for
+    every command and script that has them (`evaluate`, `export`, `training/finetune.py`)."""
     fields = dict(FREQ_PRESETS[args.preset]) if args.preset else {}
-    if args.keep_rate is not None:
-        fields["keep_rate"] = args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate)
-    if args.score_source is not None:
-        fields["score_source"] = args.score_source
-    if args.reduction_layers is not None:
-        fields["reduction_layers"] = tuple(args.reduction_layers)
-    if args.dc_window_sizes is not None:
-        fields["dc_window_sizes"] = tuple(args.dc_window_sizes)
-    if args.tome_r is not None:
-        fields["tome_r"] = args.tome_r
+    given = {name: getattr(args, name, None) for name in ("keep_rate", "reduction_layers", "dc_window_sizes")}
+    if given["keep_rate"] is not None:
+        fields["keep_rate"] = given["keep_rate"][0] if len(given["keep_rate"]) == 1 else tuple(given["keep_rate"])
+    for name in ("reduction_layers", "dc_window_sizes"):
+        if given[name] is not None:
+            fields[name] = tuple(given[name])
+    for name in ("reduction_method", "score_source", "tome_r"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
     return fields
 
 
@@ -40,6 +40,8 @@ def check_local_paths(args: argparse.Namespace) -> None:
     model = Path(args.model)
     if not is_hub_id(args.model) and not model.exists():
         raise ValueError(f"--model: no folder {args.model}")
+    if model.is_file():
+        raise ValueError(f"--model: {args.model} is a file; give the checkpoint folder (the one with config.json)")
     if model.is_dir() and not (model / "config.json").exists():
         raise ValueError(f"--model: {args.model} has no config.json, so it is not a checkpoint folder")
     if getattr(args, "synsets", None) and not Path(args.synsets).is_file():
@@ -92,7 +94,7 @@ def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
                 hint = "; offline or without the Hugging Face Hub, pass local folders with --model and --data"
                 hint += offline_hint()
             return _fail(f"{_first_line(error)}{hint}")
-        except ValueError as error:
+        except (ValueError, PublishError) as error:
             return _fail(str(error))
 
     return guarded

@@ -169,8 +169,10 @@ class FreqViTConfig(ViTConfig):
             )
         if self.reduction_method == "dynamicvit" and self.hidden_size < 4:  # its predictor narrows to hidden_size/4
             raise ValueError(f"hidden_size: DynamicViT's keep predictor needs at least 4, got {self.hidden_size}")
-        if self.tome_r is not None and (self.reduction_method != "tome" or self.tome_r < 1):
-            raise ValueError(f"tome_r: a positive number of tokens for reduction_method 'tome', got {self.tome_r}")
+        if self.tome_r is not None and self.reduction_method != "tome":
+            raise ValueError(f"tome_r: per-layer ToMe's setting, but reduction_method is {self.reduction_method!r}")
+        if self.tome_r is not None and self.tome_r < 1:
+            raise ValueError(f"tome_r: must be a positive number of tokens, got {self.tome_r}")
         for name, (low, high) in ITERATION_LIMITS.items():
             if not low <= getattr(self, name) <= high:
                 raise ValueError(f"{name}: must be in [{low}, {high}], got {getattr(self, name)}")

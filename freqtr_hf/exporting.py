@@ -18,6 +18,7 @@ from transformers import AutoImageProcessor
 from .configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
 from .devices import resolve_device
 from .evaluation import run_evaluation
+from .fingerprint import exclusive_use
 from .modeling_freqvit import FreqViTForImageClassification
 from .publishing import check_output_folder, model_card, publish_to_hub, staged_folder, write_model_files
 
@@ -43,10 +44,10 @@ def export_model(
     images/s are measured, unreduced against reduced, on every `every`-th image, and go into the card. With
     `push_to_hub` (a repo id), the folder is uploaded there. Returns the folder.
 
-    Raises `ValueError` naming the problem: a non-empty `output` (unless `overwrite`), an unknown reduction field,
-    a bad value, a method whose learned parameters this checkpoint lacks."""
+    Raises `ValueError` naming the problem: a non-empty `output` (unless `overwrite`) or one another export is
+    writing, an unknown reduction field, a bad value, a method whose learned parameters this checkpoint lacks; and
+    `PublishError` when the upload fails (the folder is then complete on disk)."""
     output = Path(output)
-    check_output_folder(output, overwrite, flag="--overwrite")
     unknown = sorted(set(reduction) - set(REDUCTION_FIELDS))
     if unknown:
         raise ValueError(f"reduction: unknown field(s) {unknown}; the fields are {list(REDUCTION_FIELDS)}")
@@ -59,16 +60,18 @@ def export_model(
             raise ValueError(f"push_to_hub: {push_to_hub!r} is not a Hub repository id ({error})") from error
     target = resolve_device(device)
 
-    reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
-    check_trained(reduced.config, info["missing_keys"])
-    processor = AutoImageProcessor.from_pretrained(model)
-    results = measure(model, reduction, reduced.config, data, every, synsets, batch_size, target) if data else None
-    with staged_folder(output) as staging:
-        write_model_files(staging, reduced, processor)
-        model_card(
-            reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
-            name=output.name, repo_id=push_to_hub, license=license,
-        ).save(staging / "README.md")
+    with exclusive_use(output, "--output"):  # a second export there would replace this one's folder
+        check_output_folder(output, overwrite, flag="--overwrite")
+        reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
+        check_trained(reduced.config, info["missing_keys"])
+        processor = AutoImageProcessor.from_pretrained(model)
+        results = measure(model, reduction, reduced.config, data, every, synsets, batch_size, target) if data else None
+        with staged_folder(output) as staging:
+            write_model_files(staging, reduced, processor)
+            model_card(
+                reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
+                name=output.name, repo_id=push_to_hub, license=license,
+            ).save(staging / "README.md")
     if push_to_hub is not None:
         publish_to_hub(output, push_to_hub, token=token, api=api)
     return output

@@ -308,9 +308,22 @@ def check_output_folder(folder: Path, overwrite: bool, flag: str = "overwrite") 
         raise ValueError(f"{folder} is not empty; pick another folder, or pass {flag} to replace what is there")
 
 
+class PublishError(RuntimeError):
+    """The upload of a complete model folder failed; the folder stays on disk, ready to upload later."""
+
+
 def publish_to_hub(folder: Path, repo_id: str, token: str | None = None, api: HfApi | None = None) -> str:
-    """Create the model repository if needed and upload the folder. Returns the commit URL."""
+    """Create the model repository if needed and upload the folder. Returns the commit URL. Any failure (the Hub
+    unreachable, no or a wrong token, no write access) raises `PublishError`, which names the folder and how to
+    upload it later, with the cause chained."""
     api = api or HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload FreqViT")
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload FreqViT")
+    except Exception as error:  # the network boundary: every cause gets the same advice, and stays chained
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PublishError(
+            f"uploading {folder} to {repo_id} failed ({type(error).__name__}: {reason}); the folder is complete: "
+            f"upload it later with `hf upload {repo_id} {folder}`"
+        ) from error
     return str(commit)

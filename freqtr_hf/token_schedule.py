@@ -69,6 +69,11 @@ def patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[int, i
     return height // patch_h, width // patch_w
 
 
+def _where(stage: ReductionStage) -> str:
+    """A stage's place in an error: reduction_layers counts blocks from 0, the Space and most readers from 1."""
+    return f"layer {stage.layer} (block {stage.layer + 1})"
+
+
 def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> None:
     """Raise `ValueError` naming the field when a schedule cannot run on a patch grid: a stage must leave at least one
     token and make the sequence shorter (a keep rate that keeps every candidate while adding DC tokens would grow
@@ -79,7 +84,7 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
     for stage in stages:
         if method == "freq" and stage.window_size > min(grid):
             raise ValueError(
-                f"dc_window_sizes: {stage.window_size}x{stage.window_size} DC windows at layer {stage.layer} "
+                f"dc_window_sizes: {stage.window_size}x{stage.window_size} DC windows at {_where(stage)} "
                 f"need a patch grid of at least that size, got {grid[0]}x{grid[1]} patches"
             )
         reducible = candidates + merged if method in (*MERGING_METHODS, "evit") else candidates
@@ -89,12 +94,12 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
         rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
         if (candidates + merged if method in MERGING_METHODS else candidates) <= 0:
             tokens = f"{reducible} token" + "s" * (reducible != 1)
-            raise ValueError(f"{field}: {rule} of {tokens} at layer {stage.layer} leaves no token")
+            raise ValueError(f"{field}: {rule} of {tokens} at {_where(stage)} leaves no token")
         if 1 + candidates + merged >= length and stage.remove is None:  # per-layer ToMe stops at its cap
             if method == "freq" and candidates < reducible:
                 field, rule = "dc_window_sizes", f"{stage.window_size}x{stage.window_size} DC windows"
             raise ValueError(
-                f"{field}: {rule} at layer {stage.layer} turns {length} tokens into {1 + candidates + merged}; a "
+                f"{field}: {rule} at {_where(stage)} turns {length} tokens into {1 + candidates + merged}; a "
                 "reduction must shorten the sequence (a keep rate of 1.0 skips a layer)"
             )
 

@@ -306,6 +306,9 @@ def test_bad_arguments_name_the_flag(tiny_setup, tmp_path):
     arguments = dict(model=str(tiny_setup / "model"), data=[str(tiny_setup / "first")], output=str(tmp_path))
     with pytest.raises(ValueError, match="--methods"):
         run_analysis(methods=["fastest"], keep_rates=[0.5], **arguments)
+    with pytest.raises(ValueError, match="--output: .* is a file"):  # before any model runs
+        run_analysis(methods=["topk"], keep_rates=[0.5],
+                     **{**arguments, "output": str(tiny_setup / "model" / "config.json")})
     with pytest.raises(ValueError, match="--keep-rates"):
         run_analysis(methods=["topk"], keep_rates=[1.0], **arguments)
     with pytest.raises(ValueError, match="--every"):

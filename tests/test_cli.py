@@ -329,6 +329,28 @@ def test_wnid_folders_map_to_imagenet_classes(deit_tiny):
     assert label_mapping(["tench", "goldfish"], id2label, str(SYNSETS)) == [0, 1]
 
 
+def test_ctrl_c_in_an_analysis_says_how_to_resume(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    def interrupted_after_a_checkpoint(model, data, methods, keep_rates, output, **kwargs):  # Ctrl-C mid-run
+        (Path(output) / "cache").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("freqtr_hf.analysis_report.run_analysis", interrupted_after_a_checkpoint)
+    argv = ["analyze", "--model", str(tiny_checkpoint / "model"), "--data", str(tiny_checkpoint / "data"),
+            "--output", str(tmp_path / "out")]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"freqtr-hf: interrupted; run the same command again to resume from the caches in {tmp_path / 'out' / 'cache'}")
+
+
+def test_a_file_as_the_model_is_named(tiny_checkpoint, capsys):
+    config_file = tiny_checkpoint / "model" / "config.json"
+    argv = ["evaluate", "--model", str(config_file), "--data", str(tiny_checkpoint / "data")]
+    assert main(argv) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"freqtr-hf: --model: {config_file} is a file; give the checkpoint folder (the one with config.json)"
+    ]
+
+
 def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",

@@ -10,10 +10,11 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from conftest import write_images, write_tiny_vit
+from conftest import held_by_another_process, write_images, write_tiny_vit
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
-from freqtr_hf.publishing import model_card
+from freqtr_hf.fingerprint import RunInUseError
+from freqtr_hf.publishing import PublishError, model_card
 from test_loading import remote_code_difference
 from test_training import RecordingHubApi
 
@@ -131,6 +132,28 @@ def test_push_to_hub_uploads_the_folder_and_the_card_names_the_repo(tiny_base, t
     assert "\n# user/freqvit-tiny\n" in card.text and card.data.model_name is None  # no data: no model-index
     assert 'from_pretrained("user/freqvit-tiny", trust_remote_code=True)' in card.text
     assert 'pipeline("image-classification", model="user/freqvit-tiny", trust_remote_code=True)' in card.text
+
+
+class UnreachableHubApi(RecordingHubApi):
+    """Stands in for `huggingface_hub.HfApi` on a machine without the Hub: the upload fails."""
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+
+def test_a_failed_upload_names_the_complete_folder_and_how_to_upload_it_later(tiny_base, tmp_path):
+    with pytest.raises(PublishError) as failure:
+        export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), TINY_REDUCTION,
+                     push_to_hub="user/freqvit-tiny", api=UnreachableHubApi())
+    message = str(failure.value)
+    assert "Name or service not known" in message and f"hf upload user/freqvit-tiny {tmp_path / 'out'}" in message
+    assert FreqViTForImageClassification.from_pretrained(tmp_path / "out").config.keep_rate == 0.5  # complete
+
+
+def test_an_output_another_export_is_writing_is_refused(tiny_base, tmp_path):
+    with held_by_another_process(tmp_path / "out"), pytest.raises(RunInUseError, match="--output: .*in use"):
+        export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "out"), TINY_REDUCTION)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_card_takes_the_base_models_license_unless_one_is_given(tiny_base, tmp_path):

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 import finetune  # noqa: E402
 import trainer_example  # noqa: E402
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTForImageClassification  # noqa: E402
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.publishing import publish_to_hub  # noqa: E402
 
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
@@ -289,12 +290,39 @@ def test_max_train_samples_draws_from_every_class(tiny_run, tmp_path, capsys):
     ("--synsets", "no-such-file.txt", "--synsets: no file no-such-file.txt"),
     ("--validation_dir", "no-such-folder", "--validation_dir: no folder no-such-folder"),
     ("--model_name_or_path", "./no-such-model", "--model_name_or_path: no folder ./no-such-model"),
+    ("--lr_scheduler_type", "cosinee", "argument --lr_scheduler_type: invalid choice: 'cosinee'"),
 ])
 def test_bad_arguments_are_refused_by_name_before_any_work(tiny_run, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit):
         finetune.main(run_args(tiny_run, tmp_path / "out", flag, value))
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # no run.json left to block the corrected command
+
+
+def test_a_file_as_the_model_is_refused_naming_the_flag(tiny_run, tmp_path, capsys):
+    config_file = tiny_run / "model" / "config.json"
+    with pytest.raises(SystemExit):
+        finetune.main(run_args(tiny_run, tmp_path / "out", "--model_name_or_path", str(config_file)))
+    assert f"--model_name_or_path: {config_file} is a file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_freqvit_checkpoint_keeps_its_own_reduction_unless_a_flag_changes_it(tiny_run, tmp_path):
+    saved = FreqViTForImageClassification.from_pretrained(
+        tiny_run / "model", reduction_layers=(1, 2), dc_window_sizes=(2, 1), keep_rate=0.5, **TRAINING_FREE_FREQ
+    )
+    saved.save_pretrained(tmp_path / "freqvit")
+    shutil.copy(tiny_run / "model" / "preprocessor_config.json", tmp_path / "freqvit")
+    common = ["--model_name_or_path", str(tmp_path / "freqvit"), "--train_dir", str(tiny_run / "train"),
+              "--per_device_train_batch_size", "4", "--max_train_steps", "1", "--ema_decay", "0"]
+    finetune.main([*common, "--output_dir", str(tmp_path / "kept")])  # no reduction flag
+    kept = FreqViTConfig.from_pretrained(tmp_path / "kept" / "model")
+    assert kept.reduction_layers == (1, 2) and kept.keep_rate == 0.5
+    assert kept.low_frequency_merge == "nearest" and kept.proportional_attention
+    finetune.main([*common, "--output_dir", str(tmp_path / "changed"), "--keep_rate", "0.7", "--preset", "paper"])
+    changed = FreqViTConfig.from_pretrained(tmp_path / "changed" / "model")
+    assert changed.reduction_layers == (1, 2) and changed.keep_rate == 0.7
+    assert changed.low_frequency_merge == "dc_window" and not changed.proportional_attention
 
 
 def test_validation_on_other_classes_of_the_pretrained_head_reports_top1(tiny_run, tmp_path, capsys):
@@ -360,6 +388,13 @@ def test_trainer_example_runs_a_few_steps(tiny_run, tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "preprocessor_config.json").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--max_steps", "-1"), ("--max_steps", "0"), ("--reduction_method", "fast")])
+def test_trainer_example_refuses_bad_arguments_by_name(tiny_run, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        trainer_example.main(["--train_dir", str(tiny_run / "train"), "--output_dir", str(tmp_path / "out"), flag, value])
+    assert f"argument {flag}:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_trainer_example_labels_wordnet_folders_with_readable_names(tiny_run, tmp_path):

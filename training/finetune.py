@@ -30,15 +30,16 @@ import datasets
 import evaluate
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, get_scheduler
+from transformers import AutoImageProcessor, SchedulerType, get_scheduler
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
+from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
 from freqtr_hf.evaluation import (
     METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets, write_atomically,
@@ -46,7 +47,8 @@ from freqtr_hf.evaluation import (
 from freqtr_hf.fingerprint import RunInUseError, exclusive_use, file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
-    gmacs, is_hub_id, model_card, public_name, publish_to_hub, replace_folder, staged_folder, write_model_files,
+    PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, replace_folder, staged_folder,
+    write_model_files,
 )
 from freqtr_hf_cli import (
     HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -95,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_train_epochs", type=positive_int, default=30, help="epochs, unless --max_train_steps is given")
     parser.add_argument("--max_train_steps", type=positive_int, help="optimizer steps in all; overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="batches per optimizer step")
-    parser.add_argument("--lr_scheduler_type", default="cosine", help="a transformers scheduler name")
+    parser.add_argument("--lr_scheduler_type", default="cosine", choices=[kind.value for kind in SchedulerType],
+                        metavar="NAME",
+                        help="a transformers scheduler: " + ", ".join(kind.value for kind in SchedulerType))
     parser.add_argument("--num_warmup_steps", type=non_negative_int, default=0, help="learning-rate warm-up steps")
     parser.add_argument("--ema_decay", type=decay,
                         help="EMA of the weights; 0 disables it (default: 0.9998, or 0 with --calibrate)")
@@ -116,17 +120,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hub_model_id", help="the Hub repository (user/name) the model is published as")
     parser.add_argument("--hub_token", help="Hub token (default: the one `hf auth login` stored)")
     parser.add_argument("--license", help="license of the model card (default: the base model's, else apache-2.0)")
-    parser.add_argument("--reduction_method", default="freq", choices=[m for m in REDUCTION_METHODS if m != "none"],
-                        help="token reduction method of the student")
-    parser.add_argument("--keep_rate", type=float, nargs="+", default=[0.7],
-                        help="one keep rate, or one per reduction layer")
-    parser.add_argument("--reduction_layers", type=int, nargs="+", default=[3, 6, 9],
-                        help="0-based blocks that reduce")
-    parser.add_argument("--dc_window_sizes", type=int, nargs="+", default=[2, 1, 1],
-                        help="per reduction layer, w: w x w DC windows (freq)")
-    parser.add_argument("--preset", choices=list(FREQ_PRESETS), default="paper",
+    # left out, a reduction flag keeps the checkpoint's value: a FreqViT's own, else the defaults shown
+    parser.add_argument("--reduction_method", choices=[m for m in REDUCTION_METHODS if m != "none"],
+                        help="token reduction method of the student (default: the checkpoint's, else freq)")
+    parser.add_argument("--keep_rate", type=float, nargs="+",
+                        help="one keep rate, or one per reduction layer (default: the checkpoint's, else 0.7)")
+    parser.add_argument("--reduction_layers", type=int, nargs="+",
+                        help="0-based blocks that reduce (default: the checkpoint's, else 3 6 9)")
+    parser.add_argument("--dc_window_sizes", type=int, nargs="+",
+                        help="per reduction layer, w: w x w DC windows (freq; default: the checkpoint's, else 2 1 1)")
+    parser.add_argument("--preset", choices=list(FREQ_PRESETS),
                         help="freq's options: the paper's method, or freqtr_hf.TRAINING_FREE_FREQ (the best model "
-                        "without training: nearest merge, proportional attention, tempered DC weight)")
+                        "without training: nearest merge, proportional attention, tempered DC weight); default: the "
+                        "checkpoint's options, else the paper's")
     args = parser.parse_args(argv)
     if not (args.dataset_name or args.train_dir):
         parser.error("give --dataset_name or --train_dir")
@@ -134,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
-    if args.preset != "paper" and args.reduction_method != "freq":
+    if args.preset not in (None, "paper") and args.reduction_method not in (None, "freq"):
         parser.error(f"--preset {args.preset} sets options of freq; got --reduction_method {args.reduction_method}")
     # a missing local path is named before anything mistakes it for a Hub id or fails later
     if args.synsets and not Path(args.synsets).is_file():
@@ -144,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag}: no folder {getattr(args, flag)}")
     if not is_hub_id(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
         parser.error(f"--model_name_or_path: no folder {args.model_name_or_path}")
+    if Path(args.model_name_or_path).is_file():
+        parser.error(f"--model_name_or_path: {args.model_name_or_path} is a file; give the checkpoint folder")
     for name, value in (CALIBRATION_DEFAULTS if args.calibrate else FINE_TUNING_DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -276,14 +284,13 @@ def build_student(args, train_label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
     pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
-    reduction = dict(
-        reduction_method=args.reduction_method,
-        keep_rate=args.keep_rate[0] if len(args.keep_rate) == 1 else tuple(args.keep_rate),
-        reduction_layers=tuple(args.reduction_layers),
-        dc_window_sizes=tuple(args.dc_window_sizes),
-        **FREQ_PRESETS[args.preset],
-    )
+    reduction = reduction_overrides(args)
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
+    method = reduction.get("reduction_method", FreqViTConfig.from_pretrained(args.model_name_or_path).reduction_method)
+    if method == "none":  # an unreduced FreqViT is a ViT: it gets a ViT's default
+        method = reduction["reduction_method"] = "freq"
+    if args.preset not in (None, "paper") and method != "freq":
+        raise SystemExit(f"--preset {args.preset} sets options of freq; {args.model_name_or_path} uses {method}")
     label_of = label_mapping(train_label_names, pretrained.id2label, args.synsets) if train_label_names else []
     keep_head = args.distill_only or (bool(train_label_names) and all(index >= 0 for index in label_of))
     head = {}
@@ -312,8 +319,8 @@ def trained_parameters(student, args) -> list[torch.nn.Parameter]:
     calibrated = student.reduction_parameters()
     if not calibrated:
         raise SystemExit(
-            f"--calibrate: {args.reduction_method} with these settings has no parameters of its own to calibrate "
-            "(freq has ω1, ω2 and DC position embeddings unless attention_reweighting and dc_position_embedding "
+            f"--calibrate: {student.config.reduction_method} with these settings has no parameters of its own to "
+            "calibrate (freq has ω1, ω2 and DC position embeddings unless attention_reweighting and dc_position_embedding "
             "are off; topk, evit, tome, kmedoids, ats and radial have none)"
         )
     student.requires_grad_(False)
@@ -459,15 +466,23 @@ def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_output_dir(args)
+    mixed_precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
     # the main process holds the output folder for the whole run: a second run there would mix their checkpoints
     try:
-        with exclusive_use(args.output_dir, "--output_dir") if PartialState().is_main_process else nullcontext():
-            return train(args)
+        with exclusive_use(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():
+            return train(args, accelerator)
     except RunInUseError as error:
         raise SystemExit(str(error)) from None
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     """The run of `main`, in its output folder."""
     output_dir = Path(args.output_dir)
     missing = missing_dependencies(args)
@@ -480,14 +495,6 @@ def train(args: argparse.Namespace) -> dict:
             and not run_file.exists():
         raise SystemExit(f"--resume_from_checkpoint latest: {output_dir} holds no run of this script to resume")
 
-    mixed_precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
     set_seed(args.seed)
 
     with loading(args.model_name_or_path, args.dataset_name or args.train_dir):
@@ -654,7 +661,10 @@ def train(args: argparse.Namespace) -> dict:
         write_atomically(output_dir / "results.json", json.dumps(results, indent=2))
         plot_learning_curve(history, output_dir / "learning_curve.png")
         if args.push_to_hub:
-            publish_to_hub(model_dir, args.hub_model_id, token=args.hub_token)
+            try:
+                publish_to_hub(model_dir, args.hub_model_id, token=args.hub_token)
+            except PublishError as error:
+                raise SystemExit(f"{error} (results.json and the checkpoints are in {output_dir})") from error
         print(run_summary(results, model_dir))
     accelerator.wait_for_everyone()
     return results

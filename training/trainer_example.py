@@ -14,9 +14,11 @@ import argparse
 from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
 from freqtr_hf import FreqViTForImageClassification
+from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
 from freqtr_hf.evaluation import label_names, load_images
 
 from finetune import class_names, loading, make_collate, model_input_size, random_resized_crop_and_flip
+from freqtr_hf_cli import positive_int
 
 
 def main(argv: list[str] | None = None) -> Trainer:
@@ -28,9 +30,10 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--train_dir", required=True, help="a folder of class sub-folders")
     parser.add_argument("--synsets", help="class list naming WordNet-id folders (imagenet_synsets.txt)")
     parser.add_argument("--output_dir", required=True, help="where Trainer writes the model")
-    parser.add_argument("--max_steps", type=int, default=100, help="optimizer steps")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=32, help="images per step and device")
-    parser.add_argument("--reduction_method", default="freq", help="token reduction method")
+    parser.add_argument("--max_steps", type=positive_int, default=100, help="optimizer steps")
+    parser.add_argument("--per_device_train_batch_size", type=positive_int, default=32, help="images per step and device")
+    parser.add_argument("--reduction_method", default="freq", choices=[m for m in REDUCTION_METHODS if m != "none"],
+                        help="token reduction method")
     parser.add_argument("--keep_rate", type=float, default=0.7, help="keep rate at every reduction layer")
     args = parser.parse_args(argv)
 
