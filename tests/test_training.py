@@ -84,6 +84,7 @@ def test_finetune_writes_results_model_card_and_curve(tiny_run, tmp_path):
     assert metrics["GMACs per image (reduced)"] == round(results["gmacs"]["reduced"], 3)
     assert "trust_remote_code=True" in card.text and "lee2025frequency" in card.text
     assert str(tiny_run) not in card.content and str(tmp_path) not in card.content
+    assert f"\n# {tmp_path.name}\n" in card.text  # named after the run's folder, not `<run>/model` (a Hub id's look)
 
 
 @pytest.mark.parametrize("mode", [[], ["--calibrate"]], ids=["fine-tuning", "calibration"])

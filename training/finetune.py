@@ -655,7 +655,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 eval_data=args.dataset_name or args.validation_dir if eval_loader is not None else None,
                 eval_every=args.validation_every, eval_split=args.validation_split if args.dataset_name else None,
                 train_data=args.dataset_name or args.train_dir, training=training_summary(args, step, accelerator),
-                name=public_name(str(model_dir), parts=2), repo_id=args.hub_model_id, license=args.license,
+                name=public_name(str(output_dir)), repo_id=args.hub_model_id, license=args.license,
             )
             card.save(staging / "README.md")
         write_atomically(output_dir / "results.json", json.dumps(results, indent=2))
