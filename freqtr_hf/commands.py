@@ -44,8 +44,15 @@ def check_local_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--model: {args.model} is a file; give the checkpoint folder (the one with config.json)")
     if model.is_dir() and not (model / "config.json").exists():
         raise ValueError(f"--model: {args.model} has no config.json, so it is not a checkpoint folder")
-    if getattr(args, "synsets", None) and not Path(args.synsets).is_file():
-        raise ValueError(f"--synsets: no file {args.synsets}")
+    if model.is_dir() and not (model / "preprocessor_config.json").exists():
+        raise ValueError(
+            f"--model: {args.model} has no preprocessor_config.json (its image processor); save the processor with "
+            "the weights (`processor.save_pretrained(folder)`)"
+        )
+    synsets = getattr(args, "synsets", None)
+    if synsets and not Path(synsets).is_file():
+        raise ValueError(f"--synsets: {synsets} is a folder; give the class-list file" if Path(synsets).is_dir()
+                         else f"--synsets: no file {synsets}")
     for data in args.data if isinstance(args.data, list) else [args.data]:
         if data and not is_hub_id(data) and not Path(data).exists():
             raise ValueError(f"--data: no folder {data}")

@@ -351,6 +351,16 @@ def test_a_file_as_the_model_is_named(tiny_checkpoint, capsys):
     ]
 
 
+def test_a_checkpoint_without_its_image_processor_and_a_folder_as_synsets_are_named(tiny_checkpoint, capsys):
+    assert main(evaluate(tiny_checkpoint, "--synsets", str(tiny_checkpoint / "data"))) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"freqtr-hf: --synsets: {tiny_checkpoint / 'data'} is a folder; give the class-list file"]
+    (tiny_checkpoint / "model" / "preprocessor_config.json").unlink()
+    assert main(evaluate(tiny_checkpoint)) == 2
+    error = error_lines(capsys.readouterr().err)
+    assert len(error) == 1 and error[0].startswith("freqtr-hf: --model: ") and "no preprocessor_config.json" in error[0]
+
+
 def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",

@@ -292,6 +292,8 @@ def test_max_train_samples_draws_from_every_class(tiny_run, tmp_path, capsys):
     ("--validation_dir", "no-such-folder", "--validation_dir: no folder no-such-folder"),
     ("--model_name_or_path", "./no-such-model", "--model_name_or_path: no folder ./no-such-model"),
     ("--lr_scheduler_type", "cosinee", "argument --lr_scheduler_type: invalid choice: 'cosinee'"),
+    pytest.param("--mixed_precision", "fp16", "--mixed_precision fp16 needs a GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available() or torch.backends.mps.is_available(), reason="fp16 is refused only without a GPU")),
 ])
 def test_bad_arguments_are_refused_by_name_before_any_work(tiny_run, tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit):

@@ -138,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --dataset_name or --train_dir")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        parser.error("--mixed_precision fp16 needs a GPU; on the CPU use bf16 or no")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
     if args.preset not in (None, "paper") and args.reduction_method not in (None, "freq"):
