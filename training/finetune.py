@@ -64,9 +64,8 @@ JOB_SETTINGS = (
     "dataset_name", "train_split", "validation_split", "validation_every", "max_train_samples",
     "per_device_train_batch_size", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
     "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
-    "distill_only", "seed", "eval_steps", "reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes",
-    "preset", "calibrate",
-)
+    "distill_only", "seed", "eval_steps", "calibrate",
+)  # and the reduction the flags, the preset and the checkpoint made: the student's REDUCTION_FIELDS, by name
 # --calibrate trains a thousand zero-initialised numbers in a few hundred steps: a larger rate and no EMA
 CALIBRATION_DEFAULTS = {"learning_rate": 3e-2, "ema_decay": 0.0}
 FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
@@ -439,8 +438,8 @@ def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerat
     fingerprint |= {
         "dataset_name": resolved_source(args.dataset_name),
         "model": model_digest(args.model_name_or_path, getattr(student.config, "_commit_hash", None)),
-        # what the flags and the preset made of the student (a preset's fields may change between versions)
-        "reduction": {field: getattr(student.config, field) for field in REDUCTION_FIELDS},
+        # what the flags, the preset and the checkpoint made of the student (a preset may change between versions)
+        **{field: getattr(student.config, field) for field in REDUCTION_FIELDS},
         "train_files": data_fingerprint(train_data),
         "validation_files": data_fingerprint(eval_data) if eval_data is not None else None,
         "synsets": file_digest(args.synsets) if args.synsets else None,
