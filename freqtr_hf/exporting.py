@@ -72,8 +72,8 @@ def export_model(
                 reduced.config, base_model=model, results=results, eval_data=data, eval_every=every,
                 name=output.name, repo_id=push_to_hub, license=license,
             ).save(staging / "README.md")
-    if push_to_hub is not None:
-        publish_to_hub(output, push_to_hub, token=token, api=api)
+        if push_to_hub is not None:  # under the lock: no other export replaces the folder while it uploads
+            publish_to_hub(output, push_to_hub, token=token, api=api)
     return output
 
 

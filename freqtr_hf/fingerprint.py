@@ -8,6 +8,7 @@ fields that differ, for the error a resume gives.
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,17 +91,23 @@ class RunInUseError(ValueError):
 def exclusive_use(path: str | os.PathLike, flag: str) -> Iterator[None]:
     """Hold the lock file `<path>.lock` while a run writes `path` (a state file, an output folder). A second run on
     the same path raises `RunInUseError` naming `flag` and the path at once, instead of interleaving its writes with
-    the first run's. The operating system releases the lock of a process that dies."""
-    lock_file = Path(f"{os.path.abspath(path)}.lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    the first run's. The operating system releases the lock of a process that dies. Where no lock file can be made
+    (a read-only folder), the run goes on with a warning."""
+    lock_file = Path(f"{os.path.realpath(path)}.lock")  # one lock for every spelling of the path
     lock = filelock.FileLock(lock_file, timeout=0)
     try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
-    except filelock.Timeout:
+    except filelock.Timeout:  # an OSError too: caught first
         raise RunInUseError(
             f"{flag}: {path} is in use by another run (it holds {lock_file}); wait for that run to end, or give "
             f"another {flag}"
         ) from None
+    except OSError as error:  # a folder that takes no lock file (read-only): the run goes on, unguarded
+        warnings.warn(f"{flag}: cannot create {lock_file} ({error.strerror or error}); a second run on {path} "
+                      "would not be refused", stacklevel=3)
+        yield
+        return
     try:
         yield
     finally:

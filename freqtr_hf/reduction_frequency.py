@@ -101,7 +101,7 @@ def merge_into_dc_tokens(
         tokens = torch.cat([low_tokens, old_dc_tokens], dim=1)
         windows = torch.cat([low_windows, old_dc_windows.expand(batch, -1)], dim=1)
         old_weights = old_dc_sizes if count_weighted else (old_dc_sizes > 0).float()  # an empty window's filler: none
-        weights = torch.cat([sizes, old_weights], dim=1)
+        weights = torch.cat([weights, old_weights], dim=1)
         sizes = torch.cat([sizes, old_dc_sizes], dim=1)
     dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
     dc_sizes = totals if count_weighted else sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)

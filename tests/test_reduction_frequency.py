@@ -71,6 +71,12 @@ def test_dc_tokens_are_window_means_and_count_weighted_running_means():
         old_dc_windows=torch.tensor([0, 0, 0]), count_weighted=False,
     )
     assert token_mean.item() == pytest.approx((2 + 10 + 4) / 3) and token_sizes.item() == 4
+    # a new low-frequency token that stands for 3 patches (a merged one) still counts as one token
+    token_mean, _ = merge_into_dc_tokens(
+        new_low, torch.tensor([[0]]), torch.tensor([[3.0]]), 1, dc, sizes, old_dc_windows=torch.tensor([0, 0]),
+        count_weighted=False,
+    )
+    assert token_mean.item() == pytest.approx((2 + 10 + 4) / 3)
 
 
 def test_empty_window_gets_the_global_mean_or_zeros():

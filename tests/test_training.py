@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import ViTForImageClassification, ViTImageProcessor
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from conftest import held_by_another_process, tiny_config, write_images, write_tiny_vit
 from test_loading import remote_code_difference
@@ -293,6 +293,7 @@ def test_max_train_samples_draws_from_every_class(tiny_run, tmp_path, capsys):
     ("--validation_dir", "no-such-folder", "--validation_dir: no folder no-such-folder"),
     ("--model_name_or_path", "./no-such-model", "--model_name_or_path: no folder ./no-such-model"),
     ("--lr_scheduler_type", "cosinee", "argument --lr_scheduler_type: invalid choice: 'cosinee'"),
+    ("--lr_scheduler_type", "greedy", "argument --lr_scheduler_type: invalid choice: 'greedy'"),  # needs more arguments
     pytest.param("--mixed_precision", "fp16", "--mixed_precision fp16 needs a GPU", marks=pytest.mark.skipif(
         torch.cuda.is_available() or torch.backends.mps.is_available(), reason="fp16 is refused only without a GPU")),
 ])
@@ -327,6 +328,35 @@ def test_a_freqvit_checkpoint_keeps_its_own_reduction_unless_a_flag_changes_it(t
     changed = FreqViTConfig.from_pretrained(tmp_path / "changed" / "model")
     assert changed.reduction_layers == (1, 2) and changed.keep_rate == 0.7
     assert changed.low_frequency_merge == "dc_window" and not changed.proportional_attention
+
+
+def test_a_plain_vit_shallower_than_the_default_schedule_trains_with_its_own_flags(tiny_run, tmp_path):
+    vit = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(**{k: v for k, v in tiny_config().to_dict().items()
+                                           if k in ViTConfig().to_dict() and k != "model_type"})).save_pretrained(vit)
+    shutil.copy(tiny_run / "model" / "preprocessor_config.json", vit)
+    assert json.loads((vit / "config.json").read_text())["model_type"] == "vit"
+    arguments = run_args(tiny_run, tmp_path / "out", "--max_train_steps", "1", "--ema_decay", "0")
+    arguments[arguments.index("--model_name_or_path") + 1] = str(vit)
+    assert finetune.main(arguments)["steps"] == 1  # 4 blocks: the default 3 6 9 would not fit, the flags' 1 2 do
+
+
+def test_a_run_started_with_the_first_fingerprint_layout_resumes(tiny_run, tmp_path):
+    args = run_args(tiny_run, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")
+    expected = finetune.main(args)
+
+    def first_layout(fingerprint: dict) -> dict:  # freqtr-hf 0.2.0 before the reduction fields were named
+        fields = {k: fingerprint.pop(k) for k in finetune.REDUCTION_FIELDS}
+        return {**fingerprint, "reduction": fields, "reduction_method": "freq", "keep_rate": [0.7],
+                "reduction_layers": [1, 2], "dc_window_sizes": [2, 1], "preset": "paper"}
+
+    (tmp_path / "run.json").write_text(json.dumps(first_layout(json.loads((tmp_path / "run.json").read_text()))))
+    for state_file in tmp_path.glob("step_*/run_state.json"):
+        state = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({**state, "fingerprint": first_layout(state["fingerprint"])}))
+    shutil.rmtree(tmp_path / "step_4")
+    resumed = finetune.main([*args, "--resume_from_checkpoint", "latest"])
+    assert measured(resumed) == measured(expected)
 
 
 def test_validation_on_other_classes_of_the_pretrained_head_reports_top1(tiny_run, tmp_path, capsys):

@@ -35,7 +35,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, SchedulerType, get_scheduler
+from transformers import AutoImageProcessor, get_scheduler
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
@@ -66,6 +66,9 @@ JOB_SETTINGS = (
     "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
     "distill_only", "seed", "eval_steps", "calibrate",
 )  # and the reduction the flags, the preset and the checkpoint made: the student's REDUCTION_FIELDS, by name
+# transformers' schedulers that need nothing but warm-up and training steps (the others take extra arguments)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
 # --calibrate trains a thousand zero-initialised numbers in a few hundred steps: a larger rate and no EMA
 CALIBRATION_DEFAULTS = {"learning_rate": 3e-2, "ema_decay": 0.0}
 FINE_TUNING_DEFAULTS = {"learning_rate": 1e-4, "ema_decay": 0.9998}
@@ -96,9 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_train_epochs", type=positive_int, default=30, help="epochs, unless --max_train_steps is given")
     parser.add_argument("--max_train_steps", type=positive_int, help="optimizer steps in all; overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="batches per optimizer step")
-    parser.add_argument("--lr_scheduler_type", default="cosine", choices=[kind.value for kind in SchedulerType],
-                        metavar="NAME",
-                        help="a transformers scheduler: " + ", ".join(kind.value for kind in SchedulerType))
+    parser.add_argument("--lr_scheduler_type", default="cosine", choices=SCHEDULERS, metavar="NAME",
+                        help="a transformers scheduler: " + ", ".join(SCHEDULERS))
     parser.add_argument("--num_warmup_steps", type=non_negative_int, default=0, help="learning-rate warm-up steps")
     parser.add_argument("--ema_decay", type=decay,
                         help="EMA of the weights; 0 disables it (default: 0.9998, or 0 with --calibrate)")
@@ -287,7 +289,9 @@ def build_student(args, train_label_names: list[str]):
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
     reduction = reduction_overrides(args)
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
-    method = reduction.get("reduction_method", FreqViTConfig.from_pretrained(args.model_name_or_path).reduction_method)
+    # the checkpoint's own method, read without building its config (its schedule may not fit before the flags)
+    saved_method = FreqViTConfig.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
+    method = reduction.get("reduction_method", saved_method)
     if method == "none":  # an unreduced FreqViT is a ViT: it gets a ViT's default
         method = reduction["reduction_method"] = "freq"
     if args.preset not in (None, "paper") and method != "freq":
@@ -460,13 +464,22 @@ def read_fingerprint(run_file: Path) -> dict:
 
 
 def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
-    if saved is not None and (difference := mismatch(saved, fingerprint)):
+    if saved is not None and (difference := mismatch(current_layout(saved), fingerprint)):
         raise SystemExit(f"cannot resume from {source}: it is another job: {difference}")
+
+
+def current_layout(saved: dict) -> dict:
+    """A fingerprint of freqtr-hf 0.2.0's first layout (the reduction flags as given, the preset's name, and the
+    student's reduction under "reduction") as today's: the student's reduction fields by name, which is what
+    identifies the job. A run started then resumes now."""
+    if not isinstance(saved.get("reduction"), dict):
+        return saved
+    flags = ("reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes", "preset", "reduction")
+    return {**{k: v for k, v in saved.items() if k not in flags}, **saved["reduction"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    check_output_dir(args)
     mixed_precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -486,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
 def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     """The run of `main`, in its output folder."""
     output_dir = Path(args.output_dir)
+    check_output_dir(args)
     missing = missing_dependencies(args)
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: install with {INSTALL_TRAIN}")
