@@ -23,15 +23,12 @@ def reduction_overrides(args: argparse.Namespace) -> dict:
     """Config fields from the reduction flags that were given (the others keep the checkpoint's or the defaults), for
     every command and script that has them (`evaluate`, `export`, `training/finetune.py`)."""
     fields = dict(FREQ_PRESETS[args.preset]) if args.preset else {}
-    given = {name: getattr(args, name, None) for name in ("keep_rate", "reduction_layers", "dc_window_sizes")}
-    if given["keep_rate"] is not None:
-        fields["keep_rate"] = given["keep_rate"][0] if len(given["keep_rate"]) == 1 else tuple(given["keep_rate"])
-    for name in ("reduction_layers", "dc_window_sizes"):
-        if given[name] is not None:
-            fields[name] = tuple(given[name])
-    for name in ("reduction_method", "score_source", "tome_r"):
-        if getattr(args, name, None) is not None:
-            fields[name] = getattr(args, name)
+    for name in ("keep_rate", "reduction_layers", "dc_window_sizes", "reduction_method", "score_source", "tome_r"):
+        value = getattr(args, name, None)  # a flag the command lacks counts as not given
+        if value is not None:
+            fields[name] = tuple(value) if isinstance(value, list) else value
+    if len(fields.get("keep_rate", ())) == 1:  # one rate for every layer
+        fields["keep_rate"] = fields["keep_rate"][0]
     return fields
 
 

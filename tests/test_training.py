@@ -330,6 +330,12 @@ def test_a_freqvit_checkpoint_keeps_its_own_reduction_unless_a_flag_changes_it(t
     assert changed.low_frequency_merge == "dc_window" and not changed.proportional_attention
 
 
+def test_a_preset_of_freqs_options_for_another_method_is_refused_before_any_work(tiny_run, tmp_path):
+    with pytest.raises(SystemExit, match="--preset training_free sets options of freq; the student's method is topk"):
+        finetune.main(run_args(tiny_run, tmp_path / "out", "--preset", "training_free", "--reduction_method", "topk"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_plain_vit_shallower_than_the_default_schedule_trains_with_its_own_flags(tiny_run, tmp_path):
     vit = tmp_path / "vit"
     ViTForImageClassification(ViTConfig(**{k: v for k, v in tiny_config().to_dict().items()

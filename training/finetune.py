@@ -143,8 +143,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--mixed_precision fp16 needs a GPU; on the CPU use bf16 or no")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues a run and --overwrite_output_dir starts afresh: pick one")
-    if args.preset not in (None, "paper") and args.reduction_method not in (None, "freq"):
-        parser.error(f"--preset {args.preset} sets options of freq; got --reduction_method {args.reduction_method}")
     # a missing local path is named before anything mistakes it for a Hub id or fails later
     if args.synsets and not Path(args.synsets).is_file():
         parser.error(f"--synsets: no file {args.synsets}")
@@ -283,19 +281,25 @@ def class_names(label_names: list[str], synsets: str | None) -> list[str]:
     return [by_wnid.get(name, name) for name in label_names]
 
 
-def build_student(args, train_label_names: list[str]):
+def student_reduction(args) -> dict:
+    """The reduction fields the flags give, with the checkpoint's method when none is given (a ViT's, or an
+    unreduced FreqViT's: freq). Refuses a `--preset` of freq's options for another method, before any data work."""
+    reduction = reduction_overrides(args)
+    # read from the config file alone: the checkpoint's schedule may not fit it before the flags change it
+    saved_method = FreqViTConfig.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
+    method = reduction.setdefault("reduction_method", saved_method)
+    if method == "none":
+        method = reduction["reduction_method"] = "freq"
+    if args.preset not in (None, "paper") and method != "freq":
+        raise SystemExit(f"--preset {args.preset} sets options of freq; the student's method is {method}")
+    return reduction
+
+
+def build_student(args, reduction: dict, train_label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
     pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
-    reduction = reduction_overrides(args)
     pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
-    # the checkpoint's own method, read without building its config (its schedule may not fit before the flags)
-    saved_method = FreqViTConfig.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
-    method = reduction.get("reduction_method", saved_method)
-    if method == "none":  # an unreduced FreqViT is a ViT: it gets a ViT's default
-        method = reduction["reduction_method"] = "freq"
-    if args.preset not in (None, "paper") and method != "freq":
-        raise SystemExit(f"--preset {args.preset} sets options of freq; {args.model_name_or_path} uses {method}")
     label_of = label_mapping(train_label_names, pretrained.id2label, args.synsets) if train_label_names else []
     keep_head = args.distill_only or (bool(train_label_names) and all(index >= 0 for index in label_of))
     head = {}
@@ -513,12 +517,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     set_seed(args.seed)
 
     with loading(args.model_name_or_path, args.dataset_name or args.train_dir):
+        reduction = student_reduction(args)
         train_data = load_split(args, train=True)
         eval_data = load_split(args, train=False)
         train_label_names = label_names(train_data)
         if not train_label_names and not args.distill_only:
             raise SystemExit("the training data has no labels: pass --distill_only to train by distillation alone")
-        student, teacher, label_of = build_student(args, train_label_names)
+        student, teacher, label_of = build_student(args, reduction, train_label_names)
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     trained = trained_parameters(student, args)
     input_size = model_input_size(processor)
