@@ -1,24 +1,26 @@
 """FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
 
     python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base] [--batch-sizes 1 32]
-        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory]
+        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory] [--matmul-ceiling]
     python benchmarks/speed.py --sizes overhead small --batch-sizes 1
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
 median over rounds of the ratio within a round (ViT's time / the model's time), so each ratio pairs timings taken
-seconds apart on a noisy machine; it is also given as a share of the MAC ratio. `free-cut` is ViT cut to `freq`'s
+seconds apart on a noisy machine; it is also given as a share of the MAC ratio. `free-cut` is FreqViT cut to `freq`'s
 token counts by slicing, a reduction that costs nothing: its share is the ceiling that the smaller matmuls set for
 any method at this batch size. Each line gives the median milliseconds per forward and the aten operations one
 forward dispatches; `--sizes overhead` (width 8, one head) leaves only each op's fixed cost, the part of the time
 that no token cut removes. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile`
 (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT, the default FreqViT and `free-cut`, timed
-against the compiled ViT. `--training-memory`
-measures the activations a training step keeps for backward (batch 64), with and without reduction. Attention runs
-on sdpa.
+against the compiled ViT. `--matmul-ceiling` times ViT's linear layers alone, at full length and at `freq`'s token
+counts: each reads its whole weight matrix whatever the token count, so at batch 1 even they fall short of their
+MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
+without reduction. Attention runs on sdpa.
 """
 
 import argparse
 import statistics
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -30,6 +32,7 @@ from freqtr_hf.devices import (
     DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
 )
 from freqtr_hf.token_schedule import patch_grid, sequence_lengths
+from freqtr_hf.token_state import TokenState
 from freqtr_hf_cli import HelpFormatter, positive_int
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -49,28 +52,76 @@ VARIANTS = {
     "ats": dict(reduction_method="ats"),
     "radial": dict(reduction_method="radial"),
 }
-# not a method: ViT cut to freq's token counts by slicing, see `FreeReduction`
+# not a method: FreqViT cut to freq's token counts by slicing, see `SlicingReducer`
 FREE_REDUCTION = "free-cut"
 
 
-class FreeReduction(torch.nn.Module):
-    """ViT whose blocks run at a reduction schedule's token counts, the sequence cut by slicing after each reducing
-    block's attention: a reduction that costs nothing (and computes nothing meaningful). Its speed-up is what the
-    smaller matmuls alone give, the most any method with these token counts can reach at this batch size."""
+class SlicingReducer(torch.nn.Module):
+    """A reducer that costs nothing: it keeps the first `length` tokens of the sequence (and computes nothing
+    meaningful). A FreqViT with these in place of its reducers runs at a schedule's token counts in the same model
+    code as every method: its speed-up is what the smaller matmuls alone give, the most any method with these token
+    counts can reach at this batch size."""
 
-    def __init__(self, vit: ViTForImageClassification, config: FreqViTConfig):
+    needs_attention_probs = False
+
+    def __init__(self, length: int):
         super().__init__()
-        self.vit = vit
-        grid = patch_grid(config.image_size, config.patch_size)
-        stages = config.reduction_stages
-        self.lengths = [mlp for _, mlp in sequence_lengths(config.reduction_method, config.num_hidden_layers, stages, grid)]
+        self.length = length
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.vit.vit.embeddings(pixel_values)
-        for layer, length in zip(self.vit.vit.layers, self.lengths):
-            attended = (layer.attention(layer.layernorm_before(hidden_states))[0] + hidden_states)[:, :length]
-            hidden_states = layer.mlp(layer.layernorm_after(attended)) + attended
-        return self.vit.classifier(self.vit.vit.layernorm(hidden_states)[:, 0])
+    def forward(self, hidden_states: torch.Tensor, maps, tokens: TokenState) -> tuple[torch.Tensor, TokenState]:
+        return hidden_states[:, : self.length], replace(tokens, patch_ids=tokens.patch_ids[:, : self.length - 1])
+
+
+def schedule_lengths(config: FreqViTConfig) -> list[tuple[int, int]]:
+    """Per block of a FreqViT, (tokens its attention sees, tokens its MLP sees) at its configured image size."""
+    grid = patch_grid(config.image_size, config.patch_size)
+    return sequence_lengths(config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid)
+
+
+def cut_by_slicing(model: FreqViTForImageClassification) -> FreqViTForImageClassification:
+    """`model` with each reducer replaced by a `SlicingReducer` to the length its own reduction leaves."""
+    for layer, (_, length) in zip(model.vit.layers, schedule_lengths(model.config)):
+        if layer.token_reducer is not None:
+            layer.token_reducer = SlicingReducer(length)
+    return model
+
+
+class MatmulsAlone:
+    """Only the linear layers of a ViT's blocks, each on as many tokens as a schedule gives it (random inputs made
+    once): a forward's matrix products and nothing else. Timed at full length and at `freq`'s token counts, it gives
+    the share of their MAC ratio that the matrix products alone reach at a batch size."""
+
+    def __init__(self, vit: ViTForImageClassification, lengths: list[tuple[int, int]], batch_size: int):
+        """lengths: per block, (tokens its attention sees, tokens its MLP sees), as `sequence_lengths` gives."""
+        weight = vit.classifier.weight
+        self.calls, self.macs = [], 0
+        for layer, (attention_length, mlp_length) in zip(vit.vit.layers, lengths):
+            for module, length in ((layer.attention, attention_length), (layer.mlp, mlp_length)):
+                for linear in module.modules():
+                    if isinstance(linear, torch.nn.Linear):
+                        rows = torch.randn(batch_size, length, linear.in_features, device=weight.device,
+                                           dtype=weight.dtype)
+                        self.calls.append(partial(linear, rows))
+                        self.macs += batch_size * length * linear.in_features * linear.out_features
+
+    def __call__(self) -> None:
+        for call in self.calls:
+            call()
+
+
+def matmul_ceiling(
+    vit: ViTForImageClassification, config: FreqViTConfig, batch_size: int, rounds: int, device
+) -> tuple[float, float]:
+    """ViT's linear layers alone at full length and at the token counts of a FreqViT `config`, in turns: (their
+    speed-up, their MAC ratio)."""
+    cut = schedule_lengths(config)
+    full = [(cut[0][0],) * 2] * len(cut)
+    full, cut = MatmulsAlone(vit, full, batch_size), MatmulsAlone(vit, cut, batch_size)
+    with torch.inference_mode():
+        for run in (full, cut):
+            run()
+        times = time_in_turns([full, cut], rounds, device)
+    return statistics.median(f / c for f, c in zip(*times)), full.macs / cut.macs
 
 
 def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
@@ -80,14 +131,11 @@ def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tup
     vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
     models = {"vit": (vit, count_macs(vit.config))}
     for name in variants:
-        if name == FREE_REDUCTION:
-            config = FreqViTConfig(**shape, reduction_method="freq")
-            models[name] = (FreeReduction(vit, config), count_macs(config))
-            continue
-        config = FreqViTConfig(**shape, **VARIANTS[name], attn_implementation="sdpa")
+        fields = VARIANTS["freq" if name == FREE_REDUCTION else name]
+        config = FreqViTConfig(**shape, **fields, attn_implementation="sdpa")
         model = FreqViTForImageClassification(config).eval()
         model.load_state_dict(vit.state_dict(), strict=False)
-        models[name] = (model, count_macs(config))
+        models[name] = (cut_by_slicing(model) if name == FREE_REDUCTION else model, count_macs(config))
     return {name: (model.to(device=device, dtype=dtype), macs) for name, (model, macs) in models.items()}
 
 
@@ -193,11 +241,15 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=positive_int, default=7, help="timed forwards per model")
     parser.add_argument("--methods", nargs="+", default=[*VARIANTS, FREE_REDUCTION], choices=[*VARIANTS, FREE_REDUCTION],
-                        help=f"{FREE_REDUCTION}: ViT cut to freq's token counts by slicing, a reduction that costs nothing")
+                        help=f"{FREE_REDUCTION}: FreqViT cut to freq's token counts by slicing, a reduction that costs nothing")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
+    parser.add_argument("--matmul-ceiling", action="store_true",
+                        help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
-    for flag, wanted in (("--compile", args.compile), ("--training-memory", args.training_memory)):
+    wanted_flags = ("--compile", args.compile), ("--training-memory", args.training_memory), (
+        "--matmul-ceiling", args.matmul_ceiling)
+    for flag, wanted in wanted_flags:
         if wanted and "freq" not in args.methods:
             parser.error(f"{flag} measures the default FreqViT: add freq to --methods")
     try:
@@ -214,6 +266,12 @@ def main() -> None:
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
                 ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
                 report(f"{shape_title(size)}, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size, ops)
+                if args.matmul_ceiling:
+                    speedup, mac_ratio = matmul_ceiling(
+                        models["vit"][0], models["freq"][0].config, batch_size, args.rounds, device
+                    )
+                    print(f"matrix products alone (ViT's linear layers at freq's token counts): {speedup:.2f}x against "
+                          f"a MAC ratio of {mac_ratio:.2f}x, {100 * speedup / mac_ratio:.0f}%")
                 if args.compile:
                     for mode, compiled in compiled_variants(models, device).items():
                         times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)

@@ -14,7 +14,7 @@ from freqtr_hf.devices import time_in_turns
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from speed import FreeReduction, aten_ops_per_forward, build_models  # noqa: E402
+from speed import MatmulsAlone, aten_ops_per_forward, build_models, cut_by_slicing  # noqa: E402
 from training_free import paired_test  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
@@ -29,31 +29,47 @@ def test_timed_calls_take_turns_in_a_rotating_order():
 
 
 def test_the_free_reduction_runs_at_the_token_counts_of_freq():
-    vit = ViTForImageClassification(ViTConfig(**SHAPE)).eval()
     config = FreqViTConfig(**SHAPE, reduction_method="freq", reduction_layers=(1, 3), dc_window_sizes=(2, 1))
     freq = FreqViTForImageClassification(config).eval()
-    lengths = []
-    free = FreeReduction(vit, config)
-    for layer in vit.vit.layers:
-        layer.mlp.register_forward_hook(lambda module, args, output: lengths.append(output.shape[1]))
+    free = cut_by_slicing(FreqViTForImageClassification(config).eval())
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        logits = free(pixels)
+        cut = free(pixels, output_hidden_states=True)
         hidden = freq(pixels, output_hidden_states=True).hidden_states
-    assert logits.shape == (2, 5)
+    assert cut.logits.shape == (2, 5)
+    lengths = [h.shape[1] for h in cut.hidden_states[1:]]
     assert lengths == [h.shape[1] for h in hidden[1:]] == [65, 49, 49, 32, 32, 32]  # 44 kept + 4 DC, then 30 + 1
+
+
+def test_the_matmuls_alone_are_the_linear_layers_at_the_schedule_lengths():
+    vit = ViTForImageClassification(ViTConfig(**SHAPE)).eval()
+    lengths = [(65, 49), (49, 32)] + [(32, 32)] * 4
+    matmuls = MatmulsAlone(vit, lengths, batch_size=3)
+    rows = []
+    for layer in vit.vit.layers:
+        for linear in (*layer.attention.modules(), *layer.mlp.modules()):
+            if isinstance(linear, torch.nn.Linear):
+                linear.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[:2]))
+    with torch.no_grad():
+        matmuls()
+    width, hidden = SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    assert rows[:6] == [(3, 65)] * 4 + [(3, 49)] * 2  # q, k, v, o on the attention's tokens; fc1, fc2 on the MLP's
+    assert len(rows) == 36
+    assert matmuls.macs == 3 * sum(4 * a * width * width + 2 * m * width * hidden for a, m in lengths)
 
 
 def test_the_speed_benchmark_prints_every_model():
     command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--sizes", "tiny",
-               "--batch-sizes", "1", "--rounds", "1", "--methods", "freq", "free-cut"]
+               "--batch-sizes", "1", "--rounds", "1", "--methods", "freq", "free-cut", "--matmul-ceiling"]
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
     rows = {line.split()[0] for line in printed.splitlines() if line and line.split()[0] in ("vit", "freq", "free-cut")}
     assert rows == {"vit", "freq", "free-cut"}
+    assert "matrix products alone (ViT's linear layers at freq's token counts)" in printed
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "topk", "--compile"], "--compile measures the default FreqViT: add freq to --methods"),
+    (["--methods", "topk", "--matmul-ceiling"], "--matmul-ceiling measures the default FreqViT: add freq to --methods"),
     (["--rounds", "0"], "argument --rounds: must be a whole number >= 1, got 0"),
     (["--batch-sizes", "1", "-2"], "argument --batch-sizes: must be a whole number >= 1, got -2"),
     (["--device", "cpu", "--dtypes", "float16"], "dtype: float16 is not supported on the CPU"),
@@ -68,7 +84,7 @@ def test_the_op_count_is_per_forward_and_counts_the_reduction_work():
     models = build_models("overhead", ["freqvit-off", "freq", "free-cut"], torch.device("cpu"), torch.float32)
     pixels = torch.randn(1, 3, 224, 224)
     counts = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
-    assert counts["free-cut"] < counts["vit"] <= counts["freqvit-off"] < counts["freq"]
+    assert counts["vit"] <= counts["freqvit-off"] < counts["free-cut"] < counts["freq"]
     assert aten_ops_per_forward(models["freq"][0], pixels) == counts["freq"]  # the same every call: nothing cached
 
 
