@@ -164,16 +164,23 @@ def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
 
 
 def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -> tuple[dict, dict]:
-    """Per model: its times over the rounds, and its peak memory (bytes, CUDA only)."""
+    """Per model: its times over the rounds, and its peak memory (bytes, CUDA only): its weights plus the most its
+    forward allocated beyond what was held before (activations, workspaces, CUDA graph pools). The other models'
+    weights share the device, so the device's own peak would count them all."""
     peaks, names = {}, list(models)
     with torch.inference_mode():
         for name in names:  # warm-up (CUDA graphs record on the second call, replay from the third), peak memory
+            model = models[name][0]
             if device.type == "cuda":
+                synchronize(device)
+                held = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
             for _ in range(3):
-                models[name][0](pixels)
+                model(pixels)
             synchronize(device)
-            peaks[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            if device.type == "cuda":
+                weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+                peaks[name] = weights + torch.cuda.max_memory_allocated(device) - held
         measured = time_in_turns([partial(models[name][0], pixels) for name in names], rounds, device)
     return dict(zip(names, measured)), peaks
 
@@ -187,7 +194,7 @@ def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, 
     for name, (_, macs) in models.items():
         speedup = statistics.median(v / t for v, t in zip(times["vit"], times[name]))
         mac_ratio = vit_macs / macs
-        peak = f"{peaks[name] / 2**20:9.0f}" if peaks.get(name) is not None else f"{'-':>9}"
+        peak = f"{peaks[name] / 2**20:9.0f}" if name in peaks else f"{'-':>9}"
         count = f"{ops[name]:>5}" if ops else f"{'-':>5}"
         print(f"{name:<20} {macs / 1e9:>6.2f} {batch_size / statistics.median(times[name]):>9.1f} "
               f"{1e3 * statistics.median(times[name]):>8.2f} {speedup:>8.2f}x {mac_ratio:>9.2f}x "
@@ -199,9 +206,13 @@ def compiled_variants(models: dict, device) -> dict[str, dict]:
     `free-cut` (when timed) compiled, with eager ViT beside them. Speed-ups are against the compiled ViT."""
     modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
     names = [name for name in ("vit", "freq", FREE_REDUCTION) if name in models]
+    # every model's forward is one function (transformers' `can_return_tuple` wrapper), and all its compiled versions
+    # count towards one recompile limit (8; over it, fullgraph raises): start afresh per batch, shapes static
+    torch.compiler.reset()
     return {
         mode: {
-            **{name: (torch.compile(models[name][0], mode=mode, fullgraph=True), models[name][1]) for name in names},
+            **{name: (torch.compile(models[name][0], mode=mode, fullgraph=True, dynamic=False), models[name][1])
+               for name in names},
             "vit (eager)": models["vit"],
         }
         for mode in modes

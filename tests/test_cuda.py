@@ -1,8 +1,10 @@
 """On a CUDA GPU: the methods compute there what they compute on the CPU, in bf16 too, eager and under CUDA graphs,
 and `freqtr-hf evaluate --device cuda` gives the CPU's results. Skipped where torch sees no CUDA GPU (this
-project's CI has none); run them on a GPU machine with `python -m pytest tests/test_cuda.py`."""
+project's CI has none); run them on a GPU machine with `FREQTR_REQUIRE_CUDA=1 python -m pytest tests/test_cuda.py`,
+where a torch without CUDA (the CPU wheel) then fails instead of skipping."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from freqtr_hf_cli import main
 from conftest import write_images, write_tiny_vit
 from test_modeling import vit_twin
 
+if not torch.cuda.is_available() and os.environ.get("FREQTR_REQUIRE_CUDA") == "1":
+    raise RuntimeError(f"FREQTR_REQUIRE_CUDA=1, but torch {torch.__version__} sees no CUDA GPU (a CPU-only wheel?)")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none here")
 
 # The training-free methods, bar kmedoids, whose distances can tie, so two devices may choose differently (README).
@@ -52,7 +56,9 @@ def test_each_method_on_cuda_matches_the_cpu(fields):
     pixels = torch.randn(3, 3, 224, 224)
     with torch.inference_mode():
         on_cpu = model(pixels).logits
-        on_gpu = model.to("cuda")(pixels.to("cuda")).logits.cpu()
+    model.to("cuda")  # outside inference mode, as a user moves a model: its parameters stay normal tensors
+    with torch.inference_mode():
+        on_gpu = model(pixels.to("cuda")).logits.cpu()
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
 
 
@@ -106,6 +112,7 @@ def test_cuda_graphs_replay_the_eager_logits(fields):
     from torch._inductor.cudagraph_trees import get_manager
 
     model = deit_layout_model(fields).to("cuda")
+    torch.compiler.reset()  # every model's forward is one function: its compiled versions share one recompile limit
     compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
     skips = counters["inductor"]["cudagraph_skips"]
     with torch.inference_mode():

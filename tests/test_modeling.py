@@ -197,6 +197,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_torch_compile_fullgraph():
     model = FreqViTForImageClassification(tiny_config()).eval()
     pixels = torch.randn(2, 3, 64, 64)
+    torch.compiler.reset()  # every model's forward is one function: its compiled versions share one recompile limit
     with torch.no_grad():
         expected = model(pixels).logits
         compiled = torch.compile(model, fullgraph=True, backend="eager")(pixels).logits
@@ -217,6 +218,7 @@ def test_torch_compile_inductor_on_deit_layout(fields):
     config = FreqViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=10, **fields)
     model = FreqViTForImageClassification(config).eval()
     pixels = torch.randn(2, 3, 224, 224)
+    torch.compiler.reset()  # as above
     with torch.no_grad():
         expected = model(pixels).logits
         compiled = torch.compile(model, fullgraph=True)(pixels).logits

@@ -30,6 +30,13 @@ from freqtr_hf.publishing import publish_to_hub  # noqa: E402
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
 
 
+@pytest.fixture(autouse=True)
+def train_on_the_cpu(monkeypatch):
+    """Every run here trains on the CPU, also on a GPU machine: these tests compare weights bit for bit, and CUDA's
+    atomic adds (index_add_, the backward of gathers and attention) sum in a different order on every run."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny pretrained ViT whose classes are `class 0 … class 9`, and image folders of two of them."""
@@ -527,6 +534,17 @@ def test_killed_anywhere_and_resumed_it_ends_as_the_uninterrupted_run(tiny_run, 
     assert_same_weights(uninterrupted / "model" / "model.safetensors", output / "model" / "model.safetensors")
     assert measured(json.loads((output / "results.json").read_text())) == measured(expected)
     assert not list(output.glob("*.tmp")) and not list(output.glob("*.old"))
+
+
+def test_the_launchers_mixed_precision_is_used_unless_the_flag_says_otherwise(tiny_run, tmp_path, monkeypatch):
+    # `accelerate launch --mixed_precision bf16` (or `accelerate config`) sets this for the script
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    FinetuneProcess(run_args(tiny_run, tmp_path / "run", "--max_train_steps", "1"), tmp_path / "run.log").finish()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["mixed_precision"] == "bf16"
+    assert finetune.mixed_precision(finetune.parse_args(run_args(tiny_run, tmp_path, "--mixed_precision", "no"))) == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # a GPU machine told to train on its CPU: no bf16 by default there
+    assert finetune.mixed_precision(finetune.parse_args(run_args(tiny_run, tmp_path))) == "no"
 
 
 def run_two_processes(args: list[str], log: Path) -> dict:

@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -31,7 +32,7 @@ import evaluate
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
@@ -116,7 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_steps", type=positive_int, help="evaluate every N steps (and always before and at the end)")
     parser.add_argument("--with_tracking", action="store_true", help="log metrics to --report_to")
     parser.add_argument("--report_to", default="tensorboard", help="accelerate tracker for --with_tracking")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: bf16 where supported")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
+                        help="default: accelerate launch's --mixed_precision (or accelerate config), else bf16 where "
+                        "the GPU has it")
     parser.add_argument("--push_to_hub", action="store_true", help="upload output_dir/model to --hub_model_id")
     parser.add_argument("--hub_model_id", help="the Hub repository (user/name) the model is published as")
     parser.add_argument("--hub_token", help="Hub token (default: the one `hf auth login` stored)")
@@ -482,12 +485,22 @@ def current_layout(saved: dict) -> dict:
     return {**{k: v for k, v in saved.items() if k not in flags}, **saved["reduction"]}
 
 
+def mixed_precision(args: argparse.Namespace) -> str | None:
+    """`--mixed_precision`; else what `accelerate launch` chose (its flag or `accelerate config`), which `Accelerator`
+    reads from the environment when given None; else bf16 where the GPU the run uses computes it."""
+    if args.mixed_precision:
+        return args.mixed_precision
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    mixed_precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
+        mixed_precision=mixed_precision(args),
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
