@@ -1,7 +1,7 @@
 """FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
 
     python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base] [--batch-sizes 1 32]
-        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory] [--matmul-ceiling]
+        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory] [--matmuls-alone]
     python benchmarks/speed.py --sizes overhead small --batch-sizes 1
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
@@ -12,7 +12,7 @@ any method at this batch size. Each line gives the median milliseconds per forwa
 forward dispatches; `--sizes overhead` (width 8, one head) leaves only each op's fixed cost, the part of the time
 that no token cut removes. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile`
 (default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT, the default FreqViT and `free-cut`, timed
-against the compiled ViT. `--matmul-ceiling` times ViT's linear layers alone, at full length and at `freq`'s token
+against the compiled ViT. `--matmuls-alone` times ViT's linear layers alone, at full length and at `freq`'s token
 counts: each reads its whole weight matrix whatever the token count, so at batch 1 even they fall short of their
 MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
 without reduction. Attention runs on sdpa.
@@ -31,8 +31,8 @@ from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassifi
 from freqtr_hf.devices import (
     DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
 )
-from freqtr_hf.token_schedule import patch_grid, sequence_lengths
-from freqtr_hf.token_state import TokenState
+from freqtr_hf.token_schedule import configured_sequence_lengths
+from freqtr_hf.token_state import AttentionMaps, TokenState
 from freqtr_hf_cli import HelpFormatter, positive_int
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -68,19 +68,15 @@ class SlicingReducer(torch.nn.Module):
         super().__init__()
         self.length = length
 
-    def forward(self, hidden_states: torch.Tensor, maps, tokens: TokenState) -> tuple[torch.Tensor, TokenState]:
+    def forward(
+        self, hidden_states: torch.Tensor, maps: AttentionMaps | None, tokens: TokenState
+    ) -> tuple[torch.Tensor, TokenState]:
         return hidden_states[:, : self.length], replace(tokens, patch_ids=tokens.patch_ids[:, : self.length - 1])
-
-
-def schedule_lengths(config: FreqViTConfig) -> list[tuple[int, int]]:
-    """Per block of a FreqViT, (tokens its attention sees, tokens its MLP sees) at its configured image size."""
-    grid = patch_grid(config.image_size, config.patch_size)
-    return sequence_lengths(config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid)
 
 
 def cut_by_slicing(model: FreqViTForImageClassification) -> FreqViTForImageClassification:
     """`model` with each reducer replaced by a `SlicingReducer` to the length its own reduction leaves."""
-    for layer, (_, length) in zip(model.vit.layers, schedule_lengths(model.config)):
+    for layer, (_, length) in zip(model.vit.layers, configured_sequence_lengths(model.config)):
         if layer.token_reducer is not None:
             layer.token_reducer = SlicingReducer(length)
     return model
@@ -88,19 +84,19 @@ def cut_by_slicing(model: FreqViTForImageClassification) -> FreqViTForImageClass
 
 class MatmulsAlone:
     """Only the linear layers of a ViT's blocks, each on as many tokens as a schedule gives it (random inputs made
-    once): a forward's matrix products and nothing else. Timed at full length and at `freq`'s token counts, it gives
-    the share of their MAC ratio that the matrix products alone reach at a batch size."""
+    once): a forward's matrix products and nothing else. Timed at full length and at `freq`'s token counts, it shows
+    how far the products alone fall short of their MAC ratio at a batch size (a comparison, not a bound: in the
+    model q, k and v share one input, here each reads its own)."""
 
     def __init__(self, vit: ViTForImageClassification, lengths: list[tuple[int, int]], batch_size: int):
         """lengths: per block, (tokens its attention sees, tokens its MLP sees), as `sequence_lengths` gives."""
-        weight = vit.classifier.weight
         self.calls, self.macs = [], 0
         for layer, (attention_length, mlp_length) in zip(vit.vit.layers, lengths):
             for module, length in ((layer.attention, attention_length), (layer.mlp, mlp_length)):
                 for linear in module.modules():
                     if isinstance(linear, torch.nn.Linear):
-                        rows = torch.randn(batch_size, length, linear.in_features, device=weight.device,
-                                           dtype=weight.dtype)
+                        rows = torch.randn(batch_size, length, linear.in_features, device=linear.weight.device,
+                                           dtype=linear.weight.dtype)
                         self.calls.append(partial(linear, rows))
                         self.macs += batch_size * length * linear.in_features * linear.out_features
 
@@ -109,12 +105,12 @@ class MatmulsAlone:
             call()
 
 
-def matmul_ceiling(
-    vit: ViTForImageClassification, config: FreqViTConfig, batch_size: int, rounds: int, device
+def matmuls_alone(
+    vit: ViTForImageClassification, config: FreqViTConfig, batch_size: int, rounds: int, device: torch.device
 ) -> tuple[float, float]:
     """ViT's linear layers alone at full length and at the token counts of a FreqViT `config`, in turns: (their
     speed-up, their MAC ratio)."""
-    cut = schedule_lengths(config)
+    cut = configured_sequence_lengths(config)
     full = [(cut[0][0],) * 2] * len(cut)
     full, cut = MatmulsAlone(vit, full, batch_size), MatmulsAlone(vit, cut, batch_size)
     with torch.inference_mode():
@@ -255,11 +251,14 @@ def main() -> None:
                         help=f"{FREE_REDUCTION}: FreqViT cut to freq's token counts by slicing, a reduction that costs nothing")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
-    parser.add_argument("--matmul-ceiling", action="store_true",
+    parser.add_argument("--matmuls-alone", action="store_true",
                         help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
-    wanted_flags = ("--compile", args.compile), ("--training-memory", args.training_memory), (
-        "--matmul-ceiling", args.matmul_ceiling)
+    wanted_flags = (
+        ("--compile", args.compile),
+        ("--training-memory", args.training_memory),
+        ("--matmuls-alone", args.matmuls_alone),
+    )
     for flag, wanted in wanted_flags:
         if wanted and "freq" not in args.methods:
             parser.error(f"{flag} measures the default FreqViT: add freq to --methods")
@@ -277,8 +276,8 @@ def main() -> None:
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
                 ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
                 report(f"{shape_title(size)}, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size, ops)
-                if args.matmul_ceiling:
-                    speedup, mac_ratio = matmul_ceiling(
+                if args.matmuls_alone:
+                    speedup, mac_ratio = matmuls_alone(
                         models["vit"][0], models["freq"][0].config, batch_size, args.rounds, device
                     )
                     print(f"matrix products alone (ViT's linear layers at freq's token counts): {speedup:.2f}x against "

@@ -18,7 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configuration_freqvit import FreqViTConfig
 from .macs import count_macs
-from .token_schedule import patch_grid, sequence_lengths
+from .token_schedule import configured_sequence_lengths
 
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -100,11 +100,8 @@ def gmacs(config: FreqViTConfig) -> dict[str, float]:
 
 def token_counts(config: FreqViTConfig) -> list[int]:
     """The sequence lengths the model goes through at its configured image size, e.g. [197, 142, 97, 68]."""
-    grid = patch_grid(config.image_size, config.patch_size)
     lengths = []
-    for attention_length, mlp_length in sequence_lengths(
-        config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid
-    ):
+    for attention_length, mlp_length in configured_sequence_lengths(config):
         for length in (attention_length, mlp_length):
             if not lengths or lengths[-1] != length:
                 lengths.append(length)

@@ -6,6 +6,10 @@ A sequence is always laid out as `[CLS, candidates (original patches), merged to
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .configuration_freqvit import FreqViTConfig
 
 
 # Pruning keeps candidates and drops the rest; merging turns every non-CLS token into k merged tokens.
@@ -117,6 +121,12 @@ def sequence_lengths(
             candidates, merged = stage_output(method, by_layer[layer], candidates, merged)
         lengths.append((attention_length, 1 + candidates + merged))
     return lengths
+
+
+def configured_sequence_lengths(config: "FreqViTConfig") -> list[tuple[int, int]]:
+    """`sequence_lengths` of a FreqViT config at its configured image size."""
+    grid = patch_grid(config.image_size, config.patch_size)
+    return sequence_lengths(config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid)
 
 
 def merged_counts(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> list[int]:

@@ -541,10 +541,21 @@ def test_the_launchers_mixed_precision_is_used_unless_the_flag_says_otherwise(ti
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     FinetuneProcess(run_args(tiny_run, tmp_path / "run", "--max_train_steps", "1"), tmp_path / "run.log").finish()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["mixed_precision"] == "bf16"
-    assert finetune.mixed_precision(finetune.parse_args(run_args(tiny_run, tmp_path, "--mixed_precision", "no"))) == "no"
+
+    # the choice on a machine whose GPU computes bf16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+    def choice(*flags: str) -> str | None:
+        return finetune.mixed_precision(finetune.parse_args(run_args(tiny_run, tmp_path, *flags)))
+
+    assert choice("--mixed_precision", "fp16") == "fp16"  # the script's flag wins over the launcher
+    assert choice() is None  # the launcher's choice, which Accelerator reads
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # a GPU machine told to train on its CPU: no bf16 by default there
-    assert finetune.mixed_precision(finetune.parse_args(run_args(tiny_run, tmp_path))) == "no"
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert choice() == "bf16"  # run directly on the GPU
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert choice() == "no"  # told to train on the CPU
 
 
 def run_two_processes(args: list[str], log: Path) -> dict:

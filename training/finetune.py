@@ -1,6 +1,6 @@
 """Fine-tune a token-reducing ViT by self-distillation from the unreduced model, with Accelerate.
 
-    accelerate launch training/finetune.py --model_name_or_path facebook/deit-small-patch16-224 \
+    accelerate launch --mixed_precision bf16 training/finetune.py --model_name_or_path facebook/deit-small-patch16-224 \
         --train_dir imagenet/train --validation_dir imagenet/val --output_dir out/freqvit-small
 
 The command line follows transformers' `run_image_classification_no_trainer.py`, plus the reduction settings. The
@@ -118,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with_tracking", action="store_true", help="log metrics to --report_to")
     parser.add_argument("--report_to", default="tensorboard", help="accelerate tracker for --with_tracking")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="default: accelerate launch's --mixed_precision (or accelerate config), else bf16 where "
-                        "the GPU has it")
+                        help="default: accelerate launch's --mixed_precision or accelerate config (fp32 when neither "
+                        "says); run with python, bf16 where the GPU has it")
     parser.add_argument("--push_to_hub", action="store_true", help="upload output_dir/model to --hub_model_id")
     parser.add_argument("--hub_model_id", help="the Hub repository (user/name) the model is published as")
     parser.add_argument("--hub_token", help="Hub token (default: the one `hf auth login` stored)")
