@@ -254,14 +254,14 @@ def main() -> None:
     parser.add_argument("--matmuls-alone", action="store_true",
                         help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
-    wanted_flags = (
-        ("--compile", args.compile),
-        ("--training-memory", args.training_memory),
-        ("--matmuls-alone", args.matmuls_alone),
+    needs_freq = (
+        ("--compile", args.compile, "measures the default FreqViT"),
+        ("--training-memory", args.training_memory, "measures the default FreqViT"),
+        ("--matmuls-alone", args.matmuls_alone, "runs at the default FreqViT's token counts"),
     )
-    for flag, wanted in wanted_flags:
+    for flag, wanted, why in needs_freq:
         if wanted and "freq" not in args.methods:
-            parser.error(f"{flag} measures the default FreqViT: add freq to --methods")
+            parser.error(f"{flag} {why}: add freq to --methods")
     try:
         device = resolve_device(args.device)
         dtypes = {name: resolve_dtype(name, device) for name in args.dtypes}
