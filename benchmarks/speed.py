@@ -248,7 +248,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=positive_int, default=7, help="timed forwards per model")
     parser.add_argument("--methods", nargs="+", default=[*VARIANTS, FREE_REDUCTION], choices=[*VARIANTS, FREE_REDUCTION],
-                        help=f"{FREE_REDUCTION}: FreqViT cut to freq's token counts by slicing, a reduction that costs nothing")
+                        help=f"{FREE_REDUCTION}: FreqViT cut to freq's token counts by slicing, a reduction that "
+                        "costs nothing")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     parser.add_argument("--matmuls-alone", action="store_true",

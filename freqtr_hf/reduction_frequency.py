@@ -91,7 +91,8 @@ def merge_into_dc_tokens(
     leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
     (B, d), and the new window each goes into (d,). With `count_weighted` a token weighs as many patches as it
     stands for, otherwise as one token (a token of no patch, such as an empty window's filler, weighs nothing). A
-    window that receives nothing gets the global mean of all it was given (`fill_global_mean`) or zeros. Returns DC tokens (B, num_windows, C) and their patch counts (B, num_windows).
+    window that receives nothing gets the global mean of all it was given (`fill_global_mean`) or zeros. Returns DC
+    tokens (B, num_windows, C) and their patch counts (B, num_windows).
     """
     batch = low_tokens.shape[0]
     tokens, windows = low_tokens, low_windows

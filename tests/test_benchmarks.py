@@ -70,7 +70,8 @@ def test_the_speed_benchmark_prints_every_model():
 
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "topk", "--compile"], "--compile measures the default FreqViT: add freq to --methods"),
-    (["--methods", "topk", "--matmuls-alone"], "--matmuls-alone runs at the default FreqViT's token counts: add freq to --methods"),
+    (["--methods", "topk", "--matmuls-alone"],
+     "--matmuls-alone runs at the default FreqViT's token counts: add freq to --methods"),
     (["--rounds", "0"], "argument --rounds: must be a whole number >= 1, got 0"),
     (["--batch-sizes", "1", "-2"], "argument --batch-sizes: must be a whole number >= 1, got -2"),
     (["--device", "cpu", "--dtypes", "float16"], "dtype: float16 is not supported on the CPU"),
