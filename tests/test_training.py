@@ -560,7 +560,8 @@ def test_the_launchers_mixed_precision_is_used_unless_the_flag_says_otherwise(ti
 
 def run_two_processes(args: list[str], log: Path) -> dict:
     """finetune.py in two CPU processes (torchrun, gloo), as `accelerate launch --num_processes 2` runs it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a free port on localhost, so another job holding a fixed one cannot fail the test
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "training" / "finetune.py"), *args]
     with open(log, "w") as handle:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=600,
