@@ -40,13 +40,16 @@ from freqtr_hf.evaluation import (  # noqa: E402
 from freqtr_hf_cli import positive_int  # noqa: E402
 
 
-# each option of the preset alone, then together; then the preset with one choice changed (features, score)
+# each option of the preset alone, then together (and all but the last one added); then the preset with one choice
+# changed (features, score)
 ABLATION = {
     "freq (paper)": {},
     "+ proportional attention": {"proportional_attention": True},
     "+ proportional attention, DC keys size^0.5": {"proportional_attention": True, "dc_key_weight_exponent": 0.5},
     "+ nearest merge": {"low_frequency_merge": "nearest"},
     "+ nearest merge, proportional attention": {"low_frequency_merge": "nearest", "proportional_attention": True},
+    "+ redundancy pool 0.25": {"low_frequency_pool": 0.25},
+    "TRAINING_FREE_FREQ without the redundancy pool": {**TRAINING_FREE_FREQ, "low_frequency_pool": 0.0},
     "TRAINING_FREE_FREQ": TRAINING_FREE_FREQ,
     "TRAINING_FREE_FREQ, merged on keys": {**TRAINING_FREE_FREQ, "merge_features": "keys"},
     "TRAINING_FREE_FREQ, logit scores": {**TRAINING_FREE_FREQ, "score_source": "logits"},

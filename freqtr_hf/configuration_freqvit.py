@@ -23,7 +23,7 @@ REDUCTION_FIELDS = (
     "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
     "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
     "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
-    "merge_features", "proportional_attention", "dc_key_weight_exponent",
+    "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool",
 )
 # The best frequency-aware model without training (docs/training_free.md): config overrides for `from_pretrained`.
 # It leaves the token budget (reduction_layers, keep_rate, dc_window_sizes) alone, so the MACs are the paper's.
@@ -32,13 +32,14 @@ TRAINING_FREE_FREQ = {
     "merge_features": "hidden_states",
     "proportional_attention": True,
     "dc_key_weight_exponent": 0.5,
+    "low_frequency_pool": 0.25,
 }
 # `freq`'s option sets by name, for the commands' `--preset`: the paper's method (its values of the fields the
 # training-free model sets, so that it also resets a checkpoint saved with them), and the training-free model
 FREQ_PRESETS = {
     "paper": {
         "low_frequency_merge": "dc_window", "merge_features": "hidden_states", "proportional_attention": False,
-        "dc_key_weight_exponent": 1.0,
+        "dc_key_weight_exponent": 1.0, "low_frequency_pool": 0.0,
     },
     "training_free": TRAINING_FREE_FREQ,
 }
@@ -93,6 +94,11 @@ class FreqViTConfig(ViTConfig):
         With `proportional_attention`, a DC token weighs `size ** dc_key_weight_exponent` attention keys: `1` as many
         as the patches it averages (like every other token), `0` one key, between the two a tempered count. A DC
         window that received no token stays masked. In [0, 1]; other values need `proportional_attention`.
+    low_frequency_pool (`float`, defaults to `0.0`):
+        For `"freq"`: the share p of each stage's candidates, the lowest-scoring, among which the tokens given up are
+        chosen by redundancy: those most similar (cosine on `merge_features`) to a token above the pool, which is
+        always kept. `0` (the paper): the lowest-scoring tokens are given up. It acts only where a stage gives up
+        fewer than `round(p · candidates)` tokens (keep rates above `1 − p`). In [0, 1).
     tome_r (`int`, *optional*):
         ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
         `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
@@ -125,6 +131,7 @@ class FreqViTConfig(ViTConfig):
     merge_features: str = "hidden_states"
     proportional_attention: bool = False
     dc_key_weight_exponent: float | int = 1.0
+    low_frequency_pool: float | int = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -186,6 +193,8 @@ class FreqViTConfig(ViTConfig):
             raise ValueError(
                 f"dc_key_weight_exponent: weighs DC tokens under proportional_attention, which is off; got {exponent!r}"
             )
+        if not 0.0 <= self.low_frequency_pool < 1.0:  # also refuses NaN
+            raise ValueError(f"low_frequency_pool: must be in [0, 1), got {self.low_frequency_pool!r}")
         layers = self.reduction_layers
         rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
         if len(rates) != len(layers):

@@ -25,7 +25,7 @@ DEFAULT_LICENSE = "apache-2.0"
 # freq's options beyond its token budget: the card lists those a model sets away from the paper's method
 FREQ_OPTIONS = (
     "attention_reweighting", "dc_position_embedding", "dc_update", "dc_empty_fill", "score_source",
-    "low_frequency_merge", "merge_features", "proportional_attention", "dc_key_weight_exponent",
+    "low_frequency_merge", "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool",
 )
 INSTALL = 'pip install "transformers>=5" torch pillow'
 CITATION = """@inproceedings{lee2025frequency,
@@ -53,10 +53,14 @@ def method_summary(config: FreqViTConfig) -> str:
         weights = ", and every token weighs as many attention keys as the patches it holds"
         if config.dc_key_weight_exponent != 1.0:
             weights += f" (a DC token that count to the power {config.dc_key_weight_exponent:g})"
+        pool = ""
+        if config.low_frequency_pool:
+            pool = (f"; at high keep rates the tokens given up are the most redundant of the "
+                    f"{config.low_frequency_pool:g} lowest-scoring share")
         return (
             "frequency-aware token reduction with training-free options (freqtr_hf.TRAINING_FREE_FREQ): the "
             "high-frequency tokens are kept, and each low-frequency one joins the most similar kept token or its "
-            f"window's DC token{weights if config.proportional_attention else ''}"
+            f"window's DC token{weights if config.proportional_attention else ''}{pool}"
         )
     return METHOD_SUMMARIES.get(config.reduction_method, "a baseline token-reduction method")
 

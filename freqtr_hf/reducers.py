@@ -17,6 +17,7 @@ from .reduction_frequency import (
     high_frequency_scores,
     merge_into_dc_tokens,
     nearest_destinations,
+    split_by_redundancy,
     split_by_score,
     window_index,
     window_transfer,
@@ -74,8 +75,9 @@ class FrequencyReducer(TokenReducer):
     persist: those of the previous stage fold into the window holding their centre.
 
     With `low_frequency_merge="nearest"` a low-frequency token joins the most similar of the kept tokens and its
-    window's DC centre instead, and with `proportional_attention` every token weighs as many attention keys as the
-    patches it stands for (see docs/training_free.md)."""
+    window's DC centre instead, with `proportional_attention` every token weighs as many attention keys as the
+    patches it stands for, and with `low_frequency_pool` the tokens given up are the most redundant of the
+    lowest-scoring ones (see docs/training_free.md)."""
 
     def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
@@ -86,6 +88,7 @@ class FrequencyReducer(TokenReducer):
         self.merge_on_keys = config.merge_features == "keys"
         self.proportional_attention = config.proportional_attention
         self.dc_key_weight_exponent = config.dc_key_weight_exponent
+        self.low_frequency_pool = config.low_frequency_pool
         num_windows = self.stage.window_size**2
         self.dc_position_embeddings = (
             nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
@@ -108,7 +111,17 @@ class FrequencyReducer(TokenReducer):
         else:
             scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
         scores = scores[:, 1 : 1 + num_candidates]
-        keep_idx, low_idx = split_by_score(scores, self.stage.kept(num_candidates))
+        num_keep = self.stage.kept(num_candidates)
+        # the pool leaves at least one token outside it to compare with; a pool no larger than the tokens given up is
+        # the paper's choice
+        num_given_up = num_candidates - num_keep
+        pool_size = max(num_given_up, min(round(self.low_frequency_pool * num_candidates), num_candidates - 1))
+        if pool_size > num_given_up:
+            features = maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states
+            candidates = features[:, 1 : 1 + num_candidates]
+            keep_idx, low_idx = split_by_redundancy(scores, candidates, num_keep, pool_size)
+        else:
+            keep_idx, low_idx = split_by_score(scores, num_keep)
         # sequence positions: gathering from the whole sequence copies no slice of it
         keep_at, low_at = 1 + keep_idx, 1 + low_idx
         candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]

@@ -38,6 +38,28 @@ def split_by_score(scores: torch.Tensor, num_keep: int) -> tuple[torch.Tensor, t
     return order[:, :num_keep].sort(dim=1).values, order[:, num_keep:]
 
 
+def split_by_redundancy(
+    scores: torch.Tensor, features: torch.Tensor, num_keep: int, pool_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `split_by_score`, but the tokens given up are chosen by redundancy among the `pool_size` lowest-scoring
+    ones: the `m − num_keep` of them most similar (cosine, in fp32) to their nearest token outside the pool. The
+    `m − pool_size` highest-scoring tokens are always kept, so only low-frequency tokens are given up, and each of
+    those has a near twin that stays. `pool_size = m − num_keep` is `split_by_score`.
+
+    scores: (B, m), features: (B, m, c); m − num_keep <= pool_size < m. Returns (B, num_keep) in their original
+    order and (B, m − num_keep), most redundant first.
+    """
+    num_candidates = scores.shape[1]
+    order = scores.argsort(dim=1, descending=True)
+    always_kept, pool = order[:, : num_candidates - pool_size], order[:, num_candidates - pool_size :]
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    redundancy = (gather_tokens(unit, pool) @ gather_tokens(unit, always_kept).transpose(1, 2)).amax(dim=-1)
+    by_redundancy = pool.gather(1, redundancy.argsort(dim=1, descending=True))
+    num_given_up = num_candidates - num_keep
+    keep = torch.cat([always_kept, by_redundancy[:, num_given_up:]], dim=1)
+    return keep.sort(dim=1).values, by_redundancy[:, :num_given_up]
+
+
 @grid_constant
 def window_index(grid: tuple[int, int], window_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Window of every patch of a (rows, cols) grid cut into w × w windows: `⌊r·w/H⌋·w + ⌊c·w/W⌋`. Returns (P,).
