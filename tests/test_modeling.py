@@ -208,8 +208,9 @@ def test_torch_compile_fullgraph():
                     reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 @pytest.mark.parametrize(
     "fields",
-    [{"reduction_method": "freq"}, {"reduction_method": "freq", **TRAINING_FREE_FREQ}, {"reduction_method": "tome"}],
-    ids=["freq", "training-free-preset", "tome"],
+    [{"reduction_method": "freq"}, {"reduction_method": "freq", **TRAINING_FREE_FREQ},
+     {"reduction_method": "freq", **TRAINING_FREE_FREQ, "keep_rate": 0.9}, {"reduction_method": "tome"}],
+    ids=["freq", "training-free-preset", "training-free-preset-keep-0.9", "tome"],  # at 0.9 the redundancy pool acts
 )
 def test_torch_compile_inductor_on_deit_layout(fields):
     """Compiled by inductor, not only traced, in DeiT's layout (224 px, 14 x 14 patches, the default schedule) at a
