@@ -55,8 +55,9 @@ def method_summary(config: FreqViTConfig) -> str:
             weights += f" (a DC token that count to the power {config.dc_key_weight_exponent:g})"
         pool = ""
         if config.low_frequency_pool:
-            pool = (f"; at high keep rates the tokens given up are the most redundant of the "
-                    f"{config.low_frequency_pool:g} lowest-scoring share")
+            share = f"{config.low_frequency_pool:.0%}"
+            pool = (f"; where a stage gives up under {share} of its tokens, it gives up those of its lowest-scoring "
+                    f"{share} with the closest twin among the tokens that stay")
         return (
             "frequency-aware token reduction with training-free options (freqtr_hf.TRAINING_FREE_FREQ): the "
             "high-frequency tokens are kept, and each low-frequency one joins the most similar kept token or its "

@@ -116,10 +116,12 @@ class FrequencyReducer(TokenReducer):
         # the paper's choice
         num_given_up = num_candidates - num_keep
         pool_size = max(num_given_up, min(round(self.low_frequency_pool * num_candidates), num_candidates - 1))
-        if pool_size > num_given_up:
-            features = maps.keys.mean(dim=1) if self.merge_on_keys else hidden_states
-            candidates = features[:, 1 : 1 + num_candidates]
-            keep_idx, low_idx = split_by_redundancy(scores, candidates, num_keep, pool_size)
+        use_pool = pool_size > num_given_up
+        # the head-averaged keys, once, when the pool or the nearest merge compares keys
+        keys = maps.keys.mean(dim=1) if self.merge_on_keys and (use_pool or self.merge_nearest) else None
+        if use_pool:
+            features = hidden_states if keys is None else keys
+            keep_idx, low_idx = split_by_redundancy(scores, features[:, 1 : 1 + num_candidates], num_keep, pool_size)
         else:
             keep_idx, low_idx = split_by_score(scores, num_keep)
         # sequence positions: gathering from the whole sequence copies no slice of it
@@ -140,8 +142,7 @@ class FrequencyReducer(TokenReducer):
             # compare in feature space with the DC token the paper's rule would make for the window
             kept = gather_tokens(hidden_states, keep_at)
             low_features, kept_features, old_features = low, kept, old_dc
-            if self.merge_on_keys:
-                keys = maps.keys.mean(dim=1)
+            if keys is not None:
                 low_features, kept_features = gather_tokens(keys, low_at), gather_tokens(keys, keep_at)
                 old_features = keys[:, 1 + num_candidates :] if tokens.num_merged else None
             centres, _ = self.dc_means(low_features, low_windows, low_sizes, old_features, tokens, old_dc_windows)

@@ -429,6 +429,8 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     card = (tmp_path / "preset" / "README.md").read_text()
     assert "joins the most similar kept token" in card and "averaged into DC tokens" not in card
     assert "(a DC token that count to the power 0.5)" in card
+    assert "it gives up those of its lowest-scoring 25% with the closest twin" in card
+    assert "| `low_frequency_pool` | 0.25 |" in card
     assert "| `low_frequency_merge` | nearest |" in card and "low_frequency_merge" not in (
         tmp_path / "exported" / "README.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
