@@ -5,7 +5,7 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original p
 
 import torch
 
-from .token_state import gather_tokens, grid_constant, group_means
+from .token_state import gather_tokens, grid_constant, group_means, group_sums
 
 
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ def merge_into_dc_tokens(
         weights = torch.cat([weights, old_weights], dim=1)
         sizes = torch.cat([sizes, old_dc_sizes], dim=1)
     dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
-    dc_sizes = totals if count_weighted else sizes.new_zeros(batch, num_windows).scatter_add_(1, windows, sizes)
+    dc_sizes = totals if count_weighted else group_sums(sizes, windows, num_windows)
     if fill_global_mean:
         # the schedule check guarantees low-frequency content; the clamp keeps an empty one finite all the same
         fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True).clamp_min(1e-12))[:, None, :]

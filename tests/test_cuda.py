@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.reduction_frequency import merge_into_dc_tokens
 from freqtr_hf_cli import main
 
 from conftest import write_images, write_tiny_vit
@@ -101,6 +102,25 @@ def test_a_changed_omega_is_used_on_cuda():
         model.eval()
         torch.testing.assert_close(model(pixels).logits, in_place)
     assert not torch.allclose(in_place, unweighted)
+
+
+@pytest.mark.parametrize("count_weighted", [True, False])
+def test_one_dc_window_compiles_to_the_eager_means(count_weighted):
+    """The last stage of the default schedule has one window. Inductor's CUDA code for a scatter-add into a size-1
+    target reads the result before the adds land (pytorch/pytorch#191571): the compiled `freq`'s last DC token was
+    wrong at batch 1 (its patch count off by 202 on one image), until one group became a plain sum. The shapes of
+    that image's last stage."""
+    torch.manual_seed(0)
+    low = torch.randn(1, 29, 64, device="cuda")
+    low_sizes = torch.randint(1, 4, (1, 29), device="cuda")
+    old_dc, old_sizes = torch.randn(1, 1, 64, device="cuda"), torch.tensor([[101.0]], device="cuda")
+    arguments = (low, torch.zeros(1, 29, dtype=torch.long, device="cuda"), low_sizes, 1, old_dc, old_sizes,
+                 torch.zeros(1, dtype=torch.long, device="cuda"))
+    torch.compiler.reset()
+    compiled = torch.compile(merge_into_dc_tokens, fullgraph=True, dynamic=False)
+    for got, expected in zip(compiled(*arguments, count_weighted=count_weighted),
+                             merge_into_dc_tokens(*arguments, count_weighted=count_weighted)):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"], METHODS["tome"]],
