@@ -11,8 +11,8 @@ token counts by slicing, a reduction that costs nothing: its share is the ceilin
 any method at this batch size. Each line gives the median milliseconds per forward and the aten operations one
 forward dispatches; `--sizes overhead` (width 8, one head) leaves only each op's fixed cost, the part of the time
 that no token cut removes. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile`
-(default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT, the default FreqViT and `free-cut`, timed
-against the compiled ViT. `--matmuls-alone` times ViT's linear layers alone, at full length and at `freq`'s token
+(default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and every model in `--methods`, timed against the
+compiled ViT. `--matmuls-alone` times ViT's linear layers alone, at full length and at `freq`'s token
 counts: each reads its whole weight matrix whatever the token count, so at batch 1 even they fall short of their
 MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
 without reduction. Attention runs on sdpa.
@@ -197,22 +197,22 @@ def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, 
               f"{100 * speedup / mac_ratio:>6.0f}% {peak} {count}")
 
 
-def compiled_variants(models: dict, device) -> dict[str, dict]:
-    """Per torch.compile mode (default; on CUDA also reduce-overhead, CUDA graphs): ViT, the default FreqViT and
-    `free-cut` (when timed) compiled, with eager ViT beside them. Speed-ups are against the compiled ViT."""
-    modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
-    names = [name for name in ("vit", "freq", FREE_REDUCTION) if name in models]
+def compile_modes(device: torch.device) -> list[str]:
+    """torch.compile modes timed: default, and on CUDA also reduce-overhead (CUDA graphs)."""
+    return ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+
+
+def compiled_models(models: dict, mode: str) -> dict:
+    """Every model compiled in `mode` (fullgraph, static shapes), with eager ViT beside them. Speed-ups are against
+    the compiled ViT."""
     # every model's forward is one function (transformers' `can_return_tuple` wrapper), and all its compiled versions
-    # count towards one recompile limit (8; over it, fullgraph raises): start afresh per batch, shapes static
+    # count towards one recompile limit (over it, fullgraph raises): start afresh per mode and batch size, with room
+    # for every model
     torch.compiler.reset()
-    return {
-        mode: {
-            **{name: (torch.compile(models[name][0], mode=mode, fullgraph=True, dynamic=False), models[name][1])
-               for name in names},
-            "vit (eager)": models["vit"],
-        }
-        for mode in modes
-    }
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(models))
+    compiled = {name: (torch.compile(model, mode=mode, fullgraph=True, dynamic=False), macs)
+                for name, (model, macs) in models.items()}
+    return {**compiled, "vit (eager)": models["vit"]}
 
 
 def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -250,13 +250,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*VARIANTS, FREE_REDUCTION], choices=[*VARIANTS, FREE_REDUCTION],
                         help=f"{FREE_REDUCTION}: FreqViT cut to freq's token counts by slicing, a reduction that "
                         "costs nothing")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of ViT and FreqViT")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of ViT and every model in --methods (each compiles once per "
+                        "mode and batch size: choose few)")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     parser.add_argument("--matmuls-alone", action="store_true",
                         help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
     needs_freq = (
-        ("--compile", args.compile, "measures the default FreqViT"),
         ("--training-memory", args.training_memory, "measures the default FreqViT"),
         ("--matmuls-alone", args.matmuls_alone, "runs at the default FreqViT's token counts"),
     )
@@ -284,7 +285,8 @@ def main() -> None:
                     print(f"matrix products alone (ViT's linear layers at freq's token counts): {speedup:.2f}x against "
                           f"a MAC ratio of {mac_ratio:.2f}x, {100 * speedup / mac_ratio:.0f}%")
                 if args.compile:
-                    for mode, compiled in compiled_variants(models, device).items():
+                    for mode in compile_modes(device):
+                        compiled = compiled_models(models, mode)
                         times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
                         report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
                                "against compiled ViT", compiled, times, peaks, batch_size)

@@ -69,7 +69,7 @@ def test_the_speed_benchmark_prints_every_model():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--methods", "topk", "--compile"], "--compile measures the default FreqViT: add freq to --methods"),
+    (["--methods", "topk", "--training-memory"], "--training-memory measures the default FreqViT: add freq to --methods"),
     (["--methods", "topk", "--matmuls-alone"],
      "--matmuls-alone runs at the default FreqViT's token counts: add freq to --methods"),
     (["--rounds", "0"], "argument --rounds: must be a whole number >= 1, got 0"),
