@@ -5,8 +5,10 @@ line on stderr and exit status 2.
 """
 
 import argparse
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import huggingface_hub
@@ -79,29 +81,64 @@ def offline_hint() -> str:
     return " (or set HF_HUB_OFFLINE=1 to use the local cache without retrying)"
 
 
+@contextmanager
+def noting_ctrl_c() -> Iterator[list[int]]:
+    """While inside, Ctrl-C raises `KeyboardInterrupt` as usual and is also noted in the list yielded: a library that
+    turns the interruption into another error (an `OSError`, say) cannot make it look like the user's mistake.
+    Outside the main thread, where no handler can be set, nothing is noted."""
+    noted: list[int] = []
+
+    def handler(signum, frame):
+        noted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield noted
+        return
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report the errors a user can cause in one line that names the problem, and exit with status 2."""
+    """Report the errors a user can cause in one line that names the problem, and exit with status 2; an error
+    raised by an interruption is the interruption."""
 
     def guarded(args: argparse.Namespace) -> int:
-        try:
-            check_local_paths(args)
-            return run(args)
-        except SafetensorError as error:
-            return _fail(f"{args.model}: its weights file cannot be read ({error}); download or export it again")
-        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as error:
-            reason = _first_line(error)
-            return _fail(f"cannot reach the Hugging Face Hub ({reason}); offline, pass local folders{offline_hint()}")
-        except OSError as error:
-            hint = ""
-            names = [args.model, *(args.data if isinstance(args.data, list) else [args.data])]
-            if any(name and not Path(name).exists() for name in names):
-                hint = "; offline or without the Hugging Face Hub, pass local folders with --model and --data"
-                hint += offline_hint()
-            return _fail(f"{_first_line(error)}{hint}")
-        except (ValueError, PublishError) as error:
-            return _fail(str(error))
+        with noting_ctrl_c() as interrupted:
+            try:
+                check_local_paths(args)
+                return run(args)
+            except Exception as error:
+                if interrupted:
+                    raise KeyboardInterrupt from error
+                line = one_line(args, error)
+                if line is None:
+                    raise
+                return _fail(line)
 
     return guarded
+
+
+def one_line(args: argparse.Namespace, error: Exception) -> str | None:
+    """The line that names the problem, for an error a user can cause; None for any other."""
+    if isinstance(error, SafetensorError):
+        return f"{args.model}: its weights file cannot be read ({error}); download or export it again"
+    if isinstance(error, (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)):
+        return f"cannot reach the Hugging Face Hub ({_first_line(error)}); offline, pass local folders{offline_hint()}"
+    if isinstance(error, OSError):
+        hint = ""
+        names = [args.model, *(args.data if isinstance(args.data, list) else [args.data])]
+        if any(name and not Path(name).exists() for name in names):
+            hint = "; offline or without the Hugging Face Hub, pass local folders with --model and --data"
+            hint += offline_hint()
+        return f"{_first_line(error)}{hint}"
+    if isinstance(error, (ValueError, PublishError)):
+        return str(error)
+    return None
 
 
 @one_line_errors

@@ -1,5 +1,6 @@
 """`freqtr-hf evaluate` and the evaluation it runs: results, resume, and every way a run could be silently wrong."""
 
+import argparse
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassificatio
 import freqtr_hf.evaluation
 import freqtr_hf_cli
 from freqtr_hf import FreqViTForImageClassification, count_macs
+from freqtr_hf.commands import one_line_errors
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images
 from freqtr_hf.images import ImageReadError, read_image
@@ -364,7 +366,7 @@ def test_ctrl_c_in_an_analysis_says_how_to_resume_and_the_rerun_reuses_what_was_
     _, stderr = process.communicate(timeout=120)
     if process.returncode == 0:
         pytest.skip("the run finished before the interruption arrived")
-    assert process.returncode == 130 and "Traceback" not in stderr
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (
         f"freqtr-hf: interrupted; run the same command again to resume from the caches in {output / 'cache'}")
     rerun = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", *argv], capture_output=True, text=True,
@@ -373,6 +375,29 @@ def test_ctrl_c_in_an_analysis_says_how_to_resume_and_the_rerun_reuses_what_was_
     first_set = next(line for line in rerun.stdout.splitlines() if line.startswith("first: "))
     cached = int(first_set.split("images, ")[1].split("/")[0])  # "first: 40 images, k/10 models cached"
     assert cached >= 1  # what was finished before the interruption is not computed again
+
+
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_an_error_raised_by_an_interruption_is_the_interruption(interrupted):
+    """A library may catch Ctrl-C and raise another error (an OSError from interrupted I/O): that must not be reported
+    as the user's mistake with status 2, but as an interruption, which the CLI turns into the resume hint."""
+
+    @one_line_errors
+    def run(args: argparse.Namespace) -> int:
+        try:
+            if interrupted:
+                signal.raise_signal(signal.SIGINT)
+            raise OSError("read failed")
+        except KeyboardInterrupt as error:
+            raise OSError("read interrupted") from error  # what such a library does
+
+    args = argparse.Namespace(model="org/model", data="org/data")
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            run(args)
+    else:
+        assert run(args) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
 def test_a_file_as_the_model_is_named(tiny_checkpoint, capsys):
