@@ -33,7 +33,7 @@ from .reduction_pruning import (
     top_k_in_order,
 )
 from .token_schedule import ReductionStage, merged_counts, patch_grid, stage_output
-from .token_state import AttentionMaps, TokenState, gather_tokens, group_means
+from .token_state import AttentionMaps, TokenState, gather_tokens, group_means, group_sums
 
 
 Reduced = tuple[torch.Tensor, TokenState]  # what a reducer returns: the hidden states (B, n', C) and their state
@@ -310,7 +310,7 @@ class KMedoidsReducer(TokenReducer):
         initial = received.topk(num_clusters, dim=1).indices.sort(dim=1).values
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
         token_sizes = tokens.token_sizes()[:, 1:]
-        sizes = torch.zeros_like(token_sizes).scatter_add_(1, assignment, token_sizes)[:, :num_clusters]
+        sizes = group_sums(token_sizes, assignment, num_clusters)
         merged = gather_tokens(hidden_states, 1 + medoids)
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
@@ -344,7 +344,7 @@ class DPCKNNReducer(TokenReducer):
         weights = self.token_score(tokens_in).squeeze(-1).float().exp() * sizes
         merged, _ = group_means(tokens_in, assignment, weights, num_clusters)
         merged = merged.to(tokens_in.dtype)
-        merged_sizes = torch.zeros_like(sizes).scatter_add_(1, assignment, sizes)[:, :num_clusters]
+        merged_sizes = group_sums(sizes, assignment, num_clusters)
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(
             self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, merged_sizes, merge_target

@@ -97,29 +97,27 @@ def group_means(
     tokens (B, t, C), groups (B, t) in [0, num_groups), weights (B, t) -> means (B, num_groups, C) (zeros for a
     group of no weight) and the groups' total weights (B, num_groups).
     """
-    batch, length, channels = tokens.shape
     weights = weights.float()
-    weighted = tokens.float() * weights[..., None]
-    if num_groups == 1:  # see `group_sums`
-        sums = weighted.sum(1, keepdim=True)
-    else:
-        # whole rows by `index_add_` on the flattened batch: 3x faster on CPU than `scatter_add_` with an expanded index
-        rows = (groups + row_offsets(batch, num_groups, groups.device)).flatten()
-        sums = weighted.new_zeros(batch * num_groups, channels).index_add_(0, rows, weighted.reshape(batch * length, channels))
-        sums = sums.view(batch, num_groups, channels)
-    totals = group_sums(weights, groups, num_groups)
-    return sums / totals.clamp_min(1e-12)[..., None], totals
+    # the weights ride along as one more channel: one pass sums both
+    sums = group_sums(torch.cat([tokens.float() * weights[..., None], weights[..., None]], dim=-1), groups, num_groups)
+    totals = sums[..., -1]
+    return sums[..., :-1] / totals.clamp_min(1e-12)[..., None], totals
 
 
 def group_sums(values: torch.Tensor, groups: torch.LongTensor, num_groups: int) -> torch.Tensor:
-    """values (B, t), groups (B, t) in [0, num_groups) -> the sum of each group's values (B, num_groups).
+    """values (B, t, ...), groups (B, t) in [0, num_groups) -> the sum of each group's values (B, num_groups, ...).
 
+    Whole rows by `index_add_` on the flattened batch: 3x faster on CPU than `scatter_add_` with an expanded index.
     One group is a plain sum: inductor's CUDA code for a scatter-add into a size-1 target reads the result before
     the adds land (pytorch/pytorch#191571; seen with torch 2.11 on an H100), which made a compiled `freq`'s last DC
     token, the one window of the last stages, wrong."""
     if num_groups == 1:
         return values.sum(1, keepdim=True)
-    return values.new_zeros(values.shape[0], num_groups).scatter_add_(1, groups, values)
+    batch, length = groups.shape
+    rows = (groups + row_offsets(batch, num_groups, groups.device)).flatten()
+    flat = values.reshape(batch * length, -1)
+    sums = flat.new_zeros(batch * num_groups, flat.shape[1]).index_add_(0, rows, flat)
+    return sums.view(batch, num_groups, *values.shape[2:])
 
 
 @dataclass
