@@ -15,7 +15,8 @@ best of a column is starred (what the goal asks of the preset); a column's heade
 
 Below the comparison, the preset against the best other method of each column, image by image: on how many images
 only one of the two is right (agrees), and the two-sided exact McNemar p-value of that split (a binomial test of
-the discordant images), so a gap of a few images is not read as a difference.
+the discordant images), so a gap of a few images is not read as a difference. A best top-1 at or above the
+unreduced model's is named as such: agreeing with the unreduced model on every image would not beat it.
 
 Progress is saved after every batch in `--state-dir` (one file per data set, named after its path); an interrupted run resumes there, and
 a state of another run (other rows, weights or images) is refused by name.
@@ -124,11 +125,16 @@ def preset_against_best(rows: list[dict], state: EvaluationState, keep_rates: li
             best = max((row for row in column if row is not preset), key=lambda row: row[key])
             right = {r["row"]: [p == t for p, t in zip(state.predictions[r["key"]], truth)] for r in (preset, best)}
             only_preset, only_best, p_value = paired_test(right[preset["row"]], right[best["row"]])
-            lines.append(
+            line = (
                 f"keep {keep} {name}: preset {100 * preset[key]:.1f} vs {best['row']} {100 * best[key]:.1f}; "
                 f"only the preset {verb} on {images(only_preset)}, only {best['row']} on {images(only_best)}: "
                 f"McNemar p = {p_value:.2g}"
             )
+            if key == "top1" and best["top1"] >= best["unreduced_top1"]:
+                # its disagreements with the unreduced model happen to be right more often than wrong
+                line += (f"; {best['row']} is at or above the unreduced model's {100 * best['unreduced_top1']:.1f}, "
+                         "which a model agreeing with it on every image would not beat")
+            lines.append(line)
     return "\n".join(lines)
 
 

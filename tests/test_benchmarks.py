@@ -11,11 +11,12 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.devices import time_in_turns
+from freqtr_hf.evaluation import EvaluationState
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import MatmulsAlone, aten_ops_per_forward, build_models, cut_by_slicing  # noqa: E402
-from training_free import paired_test  # noqa: E402
+from training_free import paired_test, preset_against_best  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
              patch_size=8, num_labels=5)
@@ -98,6 +99,27 @@ def test_the_paired_test_counts_the_images_where_only_one_is_right():
     assert p_value == pytest.approx(0.25)  # 3 of 3 discordant images one way: 2 * 0.5**3
     assert paired_test(first, first) == (0, 0, 1.0)
     assert paired_test([True] * 10 + [False] * 10, [False] * 10 + [True] * 10)[2] == pytest.approx(1.0)
+
+
+def test_the_preset_is_compared_image_by_image_with_the_best_other_method_and_a_top1_above_the_unreduced_is_named():
+    # six images, labels 0..5; the unreduced model is right on the first four
+    labels = [0, 1, 2, 3, 4, 5]
+    predictions = {"none": [0, 1, 2, 3, 9, 9], "comparison|TRAINING_FREE_FREQ|0.9": [0, 1, 2, 3, 9, 9],
+                   "comparison|kmedoids|0.9": [0, 1, 2, 9, 4, 5], "comparison|topk|0.9": [0, 9, 9, 9, 9, 9]}
+    state = EvaluationState({}, done=6, predictions=predictions, labels=labels)
+    rows = []
+    for key, predicted in predictions.items():
+        if key != "none":
+            rows.append({"table": "comparison", "row": key.split("|")[1], "key": key, "keep_rate": 0.9,
+                         "top1": sum(p == t for p, t in zip(predicted, labels)) / 6,
+                         "agreement": sum(p == r for p, r in zip(predicted, predictions["none"])) / 6,
+                         "unreduced_top1": 4 / 6})
+    top1, agreement = preset_against_best(rows, state, [0.9]).splitlines()
+    assert top1.startswith("keep 0.9 top-1: preset 66.7 vs kmedoids 83.3; only the preset right on 1 image, "
+                           "only kmedoids on 2 images: McNemar p = 1")
+    assert "kmedoids is at or above the unreduced model's 66.7" in top1
+    assert agreement.startswith("keep 0.9 agreement: preset 100.0 vs kmedoids 50.0; only the preset agrees on 3 images")
+    assert "unreduced" not in agreement
 
 
 def test_the_training_free_benchmark_resumes_its_run_and_refuses_another(deit_tiny, imagenette_val, tmp_path):
