@@ -7,6 +7,7 @@ line on stderr and exit status 2.
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,18 +86,19 @@ def offline_hint() -> str:
 def noting_ctrl_c() -> Iterator[list[int]]:
     """While inside, Ctrl-C raises `KeyboardInterrupt` as usual and is also noted in the list yielded: a library that
     turns the interruption into another error (an `OSError`, say) cannot make it look like the user's mistake.
-    Outside the main thread, where no handler can be set, nothing is noted."""
+    Where Ctrl-C is not Python's default (ignored, as in a job a shell started in the background, or handled by the
+    caller) and outside the main thread, where no handler can be set, nothing changes and nothing is noted."""
     noted: list[int] = []
 
     def handler(signum, frame):
         noted.append(signum)
         signal.default_int_handler(signum, frame)
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield noted
         return
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield noted
     finally:

@@ -4,6 +4,7 @@ Sequence layout everywhere: `[CLS, candidates, merged]`. Candidates are original
 tracked); merged tokens (DC tokens, a fused token, clusters) stand for several patches (their patch count is tracked).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, wraps
@@ -115,7 +116,7 @@ def group_sums(values: torch.Tensor, groups: torch.LongTensor, num_groups: int) 
         return values.sum(1, keepdim=True)
     batch, length = groups.shape
     rows = (groups + row_offsets(batch, num_groups, groups.device)).flatten()
-    flat = values.reshape(batch * length, -1)
+    flat = values.reshape(batch * length, math.prod(values.shape[2:]))  # -1 cannot size an empty batch
     sums = flat.new_zeros(batch * num_groups, flat.shape[1]).index_add_(0, rows, flat)
     return sums.view(batch, num_groups, *values.shape[2:])
 

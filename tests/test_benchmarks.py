@@ -15,7 +15,7 @@ from freqtr_hf.evaluation import EvaluationState
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from speed import MatmulsAlone, aten_ops_per_forward, build_models, cut_by_slicing  # noqa: E402
+from speed import MatmulsAlone, aten_ops_per_forward, build_models, cut_by_slicing, report  # noqa: E402
 from training_free import paired_test, preset_against_best  # noqa: E402
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
@@ -99,6 +99,17 @@ def test_the_paired_test_counts_the_images_where_only_one_is_right():
     assert p_value == pytest.approx(0.25)  # 3 of 3 discordant images one way: 2 * 0.5**3
     assert paired_test(first, first) == (0, 0, 1.0)
     assert paired_test([True] * 10 + [False] * 10, [False] * 10 + [True] * 10)[2] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("compiled_ms", [2.0, 4.0])
+def test_a_compiled_vit_slower_than_the_eager_one_is_named_as_the_speed_ups_baseline(compiled_ms, capsys):
+    models = {"vit": (None, 4e9), "freq": (None, 2e9), "vit (eager)": (None, 4e9)}
+    times = {"vit": [compiled_ms / 1e3] * 3, "freq": [1e-3] * 3, "vit (eager)": [3e-3] * 3}
+    report("compiled", models, times, {}, batch_size=1)
+    printed = capsys.readouterr().out
+    assert f"{compiled_ms:.2f}x" in printed.splitlines()[4]  # freq's speed-up against the compiled ViT
+    slower = "the compiled ViT is slower than the eager one (4.00 ms against 3.00)"
+    assert (slower in printed) == (compiled_ms > 3.0)
 
 
 def test_the_preset_is_compared_image_by_image_with_the_best_other_method_and_a_top1_above_the_unreduced_is_named():

@@ -400,6 +400,27 @@ def test_an_error_raised_by_an_interruption_is_the_interruption(interrupted):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
+@pytest.mark.parametrize("caller", ["ignores", "handles"])
+def test_a_ctrl_c_that_the_caller_ignores_or_handles_is_left_to_it(caller):
+    """A shell starts a background job with Ctrl-C ignored: the Ctrl-C meant for the job in the foreground must not
+    stop it. A program that calls the commands with its own handler keeps it."""
+    received = []
+    own = signal.SIG_IGN if caller == "ignores" else lambda signum, frame: received.append(signum)
+
+    @one_line_errors
+    def run(args: argparse.Namespace) -> int:
+        signal.raise_signal(signal.SIGINT)
+        return 0
+
+    previous = signal.signal(signal.SIGINT, own)
+    try:
+        assert run(argparse.Namespace(model="org/model", data="org/data")) == 0
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert received == ([] if caller == "ignores" else [signal.SIGINT])
+
+
 def test_a_file_as_the_model_is_named(tiny_checkpoint, capsys):
     config_file = tiny_checkpoint / "model" / "config.json"
     argv = ["evaluate", "--model", str(config_file), "--data", str(tiny_checkpoint / "data")]

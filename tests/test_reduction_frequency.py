@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from freqtr_hf.reduction_frequency import (
     high_frequency_scores,
@@ -8,6 +10,29 @@ from freqtr_hf.reduction_frequency import (
     window_index,
     window_transfer,
 )
+from freqtr_hf.token_state import group_means, group_sums
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(0, 3), length=st.integers(0, 6), num_groups=st.integers(1, 4),
+       trailing=st.lists(st.integers(1, 3), max_size=2), seed=st.integers(0, 2**16))
+def test_group_sums_and_means_are_those_of_a_loop(batch, length, num_groups, trailing, seed):
+    """Every shape the reducers use and the empty ones (no token, no image), one group (its own code path) and many."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, length, *trailing, generator=generator)
+    groups = torch.randint(num_groups, (batch, length), generator=generator)
+    expected = torch.zeros(batch, num_groups, *trailing)
+    for b in range(batch):
+        for t in range(length):
+            expected[b, groups[b, t]] += values[b, t]
+    torch.testing.assert_close(group_sums(values, groups, num_groups), expected)
+    tokens, weights = torch.randn(batch, length, 3, generator=generator), torch.rand(batch, length, generator=generator)
+    means, totals = group_means(tokens.bfloat16(), groups, weights, num_groups)
+    expected_totals = group_sums(weights, groups, num_groups)
+    expected_means = group_sums(tokens * weights[..., None], groups, num_groups) / expected_totals.clamp_min(1e-12)[..., None]
+    assert means.dtype == totals.dtype == torch.float32  # summed in fp32 whatever the tokens' dtype
+    torch.testing.assert_close(totals, expected_totals)
+    torch.testing.assert_close(means, expected_means, atol=2e-2, rtol=2e-2)  # the tokens were rounded to bf16
 
 
 def test_scores_are_high_pass_column_means():
