@@ -7,9 +7,18 @@ import torch
 
 
 def pairwise_distances(tokens: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (B, t, t) between the tokens (B, t, C), computed in fp32."""
+    """Euclidean distances (B, t, t) between the tokens (B, t, C), computed in fp32: exactly symmetric, with an
+    exactly zero diagonal.
+
+    cdist's fast matrix-product form leaves rounding noise on the diagonal (~1e-2 on DeiT's tokens) and between
+    d(i, j) and d(j, i); a two-token cluster's medoid is a tie, which that noise would break by the hardware's
+    rounding, and the order of the nearest neighbours would put a token behind its neighbours. Exact, the tie goes
+    to the first token."""
     tokens = tokens.float()
-    return torch.cdist(tokens, tokens)
+    distances = torch.cdist(tokens, tokens)
+    distances = (distances + distances.transpose(1, 2)) / 2
+    distances.diagonal(dim1=1, dim2=2).zero_()
+    return distances
 
 
 def k_medoids(distances: torch.Tensor, initial: torch.LongTensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:

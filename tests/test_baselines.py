@@ -165,6 +165,27 @@ def test_k_medoids_assigns_every_token_to_its_nearest_returned_medoid():
     assert (assignment.gather(1, medoids) == torch.arange(14)).all()
 
 
+def test_pairwise_distances_are_exactly_symmetric_with_a_zero_diagonal():
+    # a common offset as large as the tokens' norms makes the matrix-product shortcut's rounding visible
+    tokens = torch.randn(3, 196, 64, generator=torch.Generator().manual_seed(0)) + 50
+    distances = pairwise_distances(tokens)
+    assert torch.equal(distances, distances.transpose(1, 2))
+    assert (distances.diagonal(dim1=1, dim2=2) == 0).all()
+    exact = torch.cdist(tokens.double(), tokens.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    torch.testing.assert_close(distances.double(), exact, atol=0, rtol=2e-3)
+
+
+def test_k_medoids_gives_a_two_token_cluster_to_its_first_token():
+    # far-apart pairs, far from the origin: each pair's medoid is a tie, which goes to the first of the two whatever
+    # the rounding
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(16, 8, generator=generator) * 100 + 1000
+    tokens = torch.stack([centres, centres + torch.rand(16, 8, generator=generator)], dim=1).reshape(1, 32, 8)
+    medoids, assignment = k_medoids(pairwise_distances(tokens), torch.arange(1, 32, 2)[None], iterations=2)
+    assert medoids.tolist() == [list(range(0, 32, 2))]
+    assert assignment.tolist() == [[pair for pair in range(16) for _ in range(2)]]
+
+
 def test_sinkhorn_balances_the_clusters():
     weights = sinkhorn_assignment(torch.randn(1, 12, 3), iterations=20).exp()
     torch.testing.assert_close(weights.sum(1), torch.full((1, 3), 1.0), atol=1e-3, rtol=0)
