@@ -19,7 +19,8 @@ if not torch.cuda.is_available() and os.environ.get("FREQTR_REQUIRE_CUDA") == "1
     raise RuntimeError(f"FREQTR_REQUIRE_CUDA=1, but torch {torch.__version__} sees no CUDA GPU (a CPU-only wheel?)")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none here")
 
-# The training-free methods, bar kmedoids, whose distances can tie, so two devices may choose differently (README).
+# The training-free methods, bar kmedoids: two devices round its distances differently (by about 1e-5), which can
+# decide a near tie between two medoids.
 # The learned ones are left out: untrained, their choices rest on random weights that can tie just as well.
 METHODS = {
     "freq": {"reduction_method": "freq"},

@@ -209,13 +209,16 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize(
     "fields",
     [{"reduction_method": "freq"}, {"reduction_method": "freq", **TRAINING_FREE_FREQ},
-     {"reduction_method": "freq", **TRAINING_FREE_FREQ, "keep_rate": 0.9}, {"reduction_method": "tome"}],
-    ids=["freq", "training-free-preset", "training-free-preset-keep-0.9", "tome"],  # at 0.9 the redundancy pool acts
+     {"reduction_method": "freq", **TRAINING_FREE_FREQ, "keep_rate": 0.9}, {"reduction_method": "tome"},
+     {"reduction_method": "kmedoids"}],
+    # at 0.9 the redundancy pool acts
+    ids=["freq", "training-free-preset", "training-free-preset-keep-0.9", "tome", "kmedoids"],
 )
 def test_torch_compile_inductor_on_deit_layout(fields):
     """Compiled by inductor, not only traced, in DeiT's layout (224 px, 14 x 14 patches, the default schedule) at a
     small width. Inductor once failed on `freq`'s window transfer there, and once freed the buffer of ToMe's token
-    sizes while the next stage still read it."""
+    sizes while the next stage still read it; K-Medoids' medoids once followed the rounding of the distances'
+    diagonal, which inductor computes differently."""
     config = FreqViTConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=10, **fields)
     model = FreqViTForImageClassification(config).eval()
     pixels = torch.randn(2, 3, 224, 224)
