@@ -12,8 +12,7 @@ def pairwise_distances(tokens: torch.Tensor) -> torch.Tensor:
 
     cdist's fast matrix-product form leaves rounding noise on the diagonal (~1e-2 on DeiT's tokens) and between
     d(i, j) and d(j, i); a two-token cluster's medoid is a tie, which that noise would break by the hardware's
-    rounding, and the order of the nearest neighbours would put a token behind its neighbours. Exact, the tie goes
-    to the first token."""
+    rounding, and the order of the nearest neighbours would put a token behind its neighbours."""
     tokens = tokens.float()
     distances = torch.cdist(tokens, tokens)
     distances = (distances + distances.transpose(1, 2)) / 2
@@ -24,8 +23,9 @@ def pairwise_distances(tokens: torch.Tensor) -> torch.Tensor:
 def k_medoids(distances: torch.Tensor, initial: torch.LongTensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A few k-medoids iterations from the initial medoids (B, k) on distances (B, t, t).
 
-    Each token joins its nearest medoid; each cluster's new medoid is the member with the least summed distance to
-    the other members. Returns the medoids (B, k) and every token's cluster (B, t), the nearest of those medoids.
+    Each token joins its nearest medoid; each cluster's medoid moves to the member with the least summed distance to
+    the other members if that is less than the current medoid's (a tie keeps it, as in the usual alternating
+    k-medoids). Returns the medoids (B, k) and every token's cluster (B, t), the nearest of those medoids.
     """
     medoids = initial
     num_clusters = medoids.shape[1]
@@ -34,7 +34,9 @@ def k_medoids(distances: torch.Tensor, initial: torch.LongTensor, iterations: in
         membership = torch.nn.functional.one_hot(assignment, num_clusters).to(distances.dtype)  # (B, t, k)
         cost = distances @ membership  # summed distance of each token to each cluster's members
         cost = torch.where(membership > 0, cost, torch.inf)
-        medoids = cost.argmin(dim=1)
+        best_cost, best = cost.min(dim=1)
+        current_cost = cost.gather(1, medoids[:, None, :]).squeeze(1)  # finite: a medoid is in its own cluster
+        medoids = torch.where(best_cost < current_cost, best, medoids)
     return medoids, assign_to_nearest(distances, medoids)
 
 

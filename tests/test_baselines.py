@@ -175,15 +175,20 @@ def test_pairwise_distances_are_exactly_symmetric_with_a_zero_diagonal():
     torch.testing.assert_close(distances.double(), exact, atol=0, rtol=2e-3)
 
 
-def test_k_medoids_gives_a_two_token_cluster_to_its_first_token():
-    # far-apart pairs, far from the origin: each pair's medoid is a tie, which goes to the first of the two whatever
-    # the rounding
+def test_k_medoids_moves_a_medoid_only_to_a_strictly_better_member():
+    # far-apart pairs, far from the origin: within a pair the two costs tie, so the medoid stays, whichever of the
+    # two it started on, whatever the rounding
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(16, 8, generator=generator) * 100 + 1000
     tokens = torch.stack([centres, centres + torch.rand(16, 8, generator=generator)], dim=1).reshape(1, 32, 8)
-    medoids, assignment = k_medoids(pairwise_distances(tokens), torch.arange(1, 32, 2)[None], iterations=2)
-    assert medoids.tolist() == [list(range(0, 32, 2))]
+    initial = torch.arange(0, 32, 2)[None] + torch.randint(0, 2, (1, 16), generator=generator)
+    medoids, assignment = k_medoids(pairwise_distances(tokens), initial, iterations=2)
+    assert torch.equal(medoids, initial)
     assert assignment.tolist() == [[pair for pair in range(16) for _ in range(2)]]
+    # a third member next to the second makes the second strictly better
+    trio = torch.tensor([[[0.0], [1.0], [1.5], [100.0]]])
+    medoids, _ = k_medoids(pairwise_distances(trio), torch.tensor([[0, 3]]), iterations=1)
+    assert medoids.tolist() == [[1, 3]]
 
 
 def test_sinkhorn_balances_the_clusters():
