@@ -58,8 +58,9 @@ from .token_state import TokenProvenance
 
 
 # bump when the statistics a job computes change, so that old caches are recomputed (4: radial ranks ties by patch
-# index; 5: k-medoids assignments to the final medoids, the same noise draws for every noise set)
-STATS_VERSION = 5
+# index; 5: k-medoids assignments to the final medoids, the same noise draws for every noise set; 6: k-medoids on
+# distances with an exact diagonal, a tie keeping the medoid)
+STATS_VERSION = 6
 MAP_METRICS = ("pearson", "spearman", "js_divergence", "histogram_intersection")
 
 
