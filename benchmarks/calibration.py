@@ -14,7 +14,6 @@ interrupted benchmark continues where it stopped. A cell reads `top-1 / agreemen
 """
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from methods import shared_asset  # noqa: E402
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS  # noqa: E402
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images  # noqa: E402
+from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
 from freqtr_hf_cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/calibration", help="splits, training runs")
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
+    if args.output:  # before any work: never a file this project did not write
+        check_output_file(args.output, "--output")
 
     splits = domain_splits(args)
     trained = {(start, mode, domain): train(args, start, mode, domain, data)
@@ -127,7 +129,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(
             f"{100 * cells[d]['top1']:.1f} / {100 * cells[d]['agreement']:.1f}" for d in splits) + " |")
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=2))
+        write_json(args.output, {"rows": rows})
 
 
 if __name__ == "__main__":

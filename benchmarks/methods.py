@@ -11,7 +11,6 @@ closest to the per-stage methods' at that keep rate (none at 0.25, below its ⌊
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import (
     build_models, compare_methods, format_table, label_mapping, label_names, load_images,
 )
+from freqtr_hf.runs import check_output_file, write_figure, write_json
 from freqtr_hf_cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 
 
@@ -102,7 +102,7 @@ def plot(rows: list[dict], path: str) -> None:
         axis.legend(fontsize=8)
     figure.suptitle("Training-free token reduction: accuracy against cost (keep rates 0.9 → 0.25, right to left)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_figure(figure, path)
     plt.close(figure)
 
 
@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--output", help="write all rows as JSON here")
     parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")
     args = parser.parse_args()
+    for flag in ("--output", "--plot"):  # before any work: never a file this project did not write
+        if getattr(args, flag[2:], None):
+            check_output_file(getattr(args, flag[2:]), flag)
     check_shared_data_arguments(parser, args)
 
     device = resolve_device(args.device)
@@ -141,7 +144,7 @@ def main() -> None:
             print(format_table(results), flush=True)
             rows += [r.__dict__ | {"keep_rate": keep_rate, "data": data, "images": len(dataset)} for r in results]
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=2))
+        write_json(args.output, {"rows": rows})
     if args.plot:
         plot(rows, args.plot)
 

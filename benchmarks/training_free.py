@@ -23,7 +23,6 @@ a state of another run (other rows, weights or images) is refused by name.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from freqtr_hf.fingerprint import slug  # noqa: E402
 from freqtr_hf.evaluation import (  # noqa: E402
     EvaluationState, build_models, compare_methods, label_mapping, label_names, load_images, run_fingerprint,
 )
+from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
 from freqtr_hf_cli import positive_int  # noqa: E402
 
 
@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="ignore saved progress and start afresh")
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
+    if args.output:  # before any work: never a file this project did not write
+        check_output_file(args.output, "--output")
     check_shared_data_arguments(parser, args)
 
     processor = AutoImageProcessor.from_pretrained(args.model)
@@ -187,7 +189,7 @@ def main() -> None:
             print(preset_against_best(data_rows, state, args.keep_rates), flush=True)
         rows += data_rows
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=2))
+        write_json(args.output, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .fingerprint import slug  # noqa: E402
+from .runs import write_atomically, write_figure  # noqa: E402
 
 
 NOISE_LABELS = {"clean": "clean", "lf": "LF noise", "random": "random noise", "hf": "HF noise"}
@@ -41,7 +42,7 @@ def _heatmap(ax, matrix, labels: list[str], title: str, vmin: float, vmax: float
 
 def _save(fig, output_dir: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(output_dir / name, dpi=110)
+    write_figure(fig, output_dir / name)
     plt.close(fig)
     return name
 
@@ -87,7 +88,7 @@ def depth_map_figure(report: dict, output_dir: Path) -> str:
             if col == 0:
                 ax.set_ylabel(method, fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="mean depth a patch leaves at (block)")
-    fig.savefig(output_dir / "depth_maps.png", dpi=110)
+    write_figure(fig, output_dir / "depth_maps.png")
     plt.close(fig)
     return "depth_maps.png"
 
@@ -309,5 +310,5 @@ def write_markdown(report: dict, figures: dict[str, str], output_dir: Path) -> P
                                     + key.split(" ", 1)[-1] + ".")
         lines += [f"![{key}]({file_name})", "", caption, ""]
     path = Path(output_dir) / "report.md"
-    path.write_text("\n".join(lines))
+    write_atomically(path, "\n".join(lines))
     return path

@@ -29,8 +29,8 @@ from transformers import AutoImageProcessor
 from .analysis_figures import write_figures, write_markdown
 from .configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
-from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, write_atomically
-from .fingerprint import exclusive_use, mismatch, model_digest, slug, value_digest
+from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images
+from .fingerprint import mismatch, model_digest, slug, value_digest
 from .frequency_analysis import (
     NOISE_SETS,
     add_token_noise,
@@ -53,6 +53,7 @@ from .pattern_analysis import (
     rank_correlations,
     set_iou,
 )
+from .runs import check_output_folder, exclusive_use, write_atomically, write_marker
 from .token_schedule import MERGING_METHODS, patch_grid
 from .token_state import TokenProvenance
 
@@ -61,6 +62,7 @@ from .token_state import TokenProvenance
 # index; 5: k-medoids assignments to the final medoids, the same noise draws for every noise set; 6: k-medoids on
 # distances with an exact diagonal, a tie keeping the medoid)
 STATS_VERSION = 6
+ANALYSIS_FOLDER = "report"  # the kind of folder `run_analysis` writes (see `runs`)
 MAP_METRICS = ("pearson", "spearman", "js_divergence", "histogram_intersection")
 
 
@@ -685,9 +687,11 @@ def run_analysis(
     every = [every] * len(data) if isinstance(every, int) else list(every)
     check_arguments(data, methods, keep_rates, every, batch_size)
     names = data_set_names(data)
-    if Path(output).exists() and not Path(output).is_dir():
-        raise ValueError(f"--output: {output} is a file; give a folder for the report")
+    check_output_folder(output, "--output", ANALYSIS_FOLDER)  # before any work: a folder of ours, or empty
     with exclusive_use(output, "--output"):  # two runs on one folder would overwrite each other's caches
+        check_output_folder(output, "--output", ANALYSIS_FOLDER)
+        Path(output).mkdir(parents=True, exist_ok=True)
+        write_marker(Path(output), ANALYSIS_FOLDER)
         FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
         target = resolve_device(device)
         print(f"freqtr-hf analyze: {len(methods)} methods x {len(keep_rates)} keep rates on {describe(target)}")
@@ -733,7 +737,6 @@ def run_analysis(
                "noise": {**options.noise_settings(list(noise_layers)), "sets": list(NOISE_SETS)},
                "batch_size": batch_size, "device": describe(target)}
         report = build_report(names, caches, models, methods, keep_rates, options, run)
-        output_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(output_dir / "report.json", json.dumps(report, indent=1))
         figures = write_figures(report, output_dir)
         write_markdown(report, figures, output_dir)

@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 
 from .configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
-from .evaluation import format_table, results_json, run_evaluation, write_atomically
+from .evaluation import format_table, results_json, run_evaluation
+from .runs import check_output_file, write_atomically
 from .publishing import PublishError, is_hub_id
 
 
@@ -59,20 +60,14 @@ def check_local_paths(args: argparse.Namespace) -> None:
 
 
 def prepare_output_files(args: argparse.Namespace) -> None:
-    """Create the folders of the files a run will write (`--output`, `--state-file`) before it starts, so that a
-    long run never fails at its end for want of one; name the flag whose path cannot be a file."""
+    """Refuse, before a run starts, the files it may not write (`--output`, `--state-file`: see `runs`), create
+    their folders and check that they take files, so that a long run never fails at its end for want of one."""
     if args.output and args.state_file and Path(args.output).resolve() == Path(args.state_file).resolve():
         raise ValueError("--output: the results would overwrite the --state-file; give them different files")
     for flag in ("--output", "--state-file"):
         path = getattr(args, flag[2:].replace("-", "_"), None)
-        if not path:
-            continue
-        if Path(path).is_dir():
-            raise ValueError(f"{flag}: {path} is a folder; give a file name")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ValueError(f"{flag}: cannot create the folder of {path} ({error.strerror or error})") from error
+        if path:
+            check_output_file(path, flag)
 
 
 def offline_hint() -> str:

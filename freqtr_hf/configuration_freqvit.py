@@ -1,6 +1,7 @@
 """FreqViT configuration: a `ViTConfig` plus the token-reduction schedule and the method's decisions."""
 
 import math
+from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
@@ -48,6 +49,12 @@ ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
 # distillation token (facebook/deit-*-patch16-224) are `vit`; model_type `deit` is the distilled kind.
 COMPATIBLE_MODEL_TYPES = ("freqvit", "vit")
+# The Auto classes a saved FreqViT serves with trust_remote_code, and the code each needs
+AUTO_MAP = {
+    "AutoConfig": "configuration_freqvit.FreqViTConfig",
+    "AutoModel": "modeling_freqvit.FreqViTModel",
+    "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
+}
 
 
 @strict(accept_kwargs=True)
@@ -264,6 +271,16 @@ class FreqViTConfig(ViTConfig):
             for layer, rate, size in zip(self.reduction_layers, self.keep_rates, sizes)
             if rate < 1.0
         ]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PretrainedConfig.save_pretrained`, with an `auto_map` of this project's own classes whose code the folder
+        carries, and nothing else: an entry inherited from the source checkpoint could name code that a user of the
+        saved folder would run with `trust_remote_code=True`."""
+        self.auto_map = {
+            auto_class: reference for auto_class, reference in AUTO_MAP.items()
+            if auto_class == "AutoConfig" or (Path(save_directory) / f"{reference.split('.')[0]}.py").is_file()
+        }  # a model's save_pretrained copies its code before it saves the config
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):

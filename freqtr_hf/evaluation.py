@@ -24,11 +24,12 @@ from transformers import AutoImageProcessor, BaseImageProcessor
 from .configuration_freqvit import FreqViTConfig
 from .devices import take_turns
 from .fingerprint import (
-    exclusive_use, file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest,
+    file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest,
 )
 from .images import ImageReadError, read_image
 from .macs import count_macs
 from .modeling_freqvit import FreqViTForImageClassification
+from .runs import PRODUCER, check_output_file, exclusive_use, stamp, write_atomically
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -211,6 +212,7 @@ class EvaluationState:
     labels: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    written_by: str = PRODUCER
 
     @classmethod
     def start(cls, fingerprint: dict, methods: list[str]) -> "EvaluationState":
@@ -224,7 +226,8 @@ class EvaluationState:
             saved = json.loads(Path(path).read_text())
             state = cls(**saved)
             consistent = (
-                isinstance(state.done, int)
+                state.written_by == PRODUCER
+                and isinstance(state.done, int)
                 and 0 <= state.done <= total
                 and set(state.predictions) == set(state.seconds) == set(methods)
                 and len(state.labels) == state.done - len(state.skipped)
@@ -263,6 +266,8 @@ def compare_methods(
     With `state_file`, progress is saved after every batch and a rerun of the same run (same `fingerprint`)
     resumes; a finished run re-reports its results; a second run on a state file in use is refused. Returns the
     rows and the images skipped as unreadable."""
+    if state_file:
+        check_output_file(state_file, "--state-file")
     with exclusive_use(state_file, "--state-file") if state_file else nullcontext():
         state = predict_in_turns(
             models, dataset, processor, label_of, batch_size, state_file, fingerprint or {}, restart, skip_bad_images
@@ -390,19 +395,8 @@ def format_table(results: list[MethodResult]) -> str:
 
 
 def results_json(results: list[MethodResult], **run) -> str:
-    return json.dumps({**run, "results": [asdict(r) for r in results]}, indent=2)
+    return json.dumps(stamp({**run, "results": [asdict(r) for r in results]}), indent=2)
 
-
-
-def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk and rename, so an interruption never leaves a
-    half-written file."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "wb" if isinstance(content, bytes) else "w") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def run_fingerprint(

@@ -18,9 +18,9 @@ from transformers import AutoImageProcessor
 from .configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
 from .devices import resolve_device
 from .evaluation import run_evaluation
-from .fingerprint import exclusive_use
 from .modeling_freqvit import FreqViTForImageClassification
-from .publishing import check_output_folder, model_card, publish_to_hub, staged_folder, write_model_files
+from .publishing import model_card, publish_to_hub, write_model_files
+from .runs import MODEL_FOLDER, check_output_folder, exclusive_use, staged_folder
 
 
 def export_model(
@@ -44,7 +44,8 @@ def export_model(
     images/s are measured, unreduced against reduced, on every `every`-th image, and go into the card. With
     `push_to_hub` (a repo id), the folder is uploaded there. Returns the folder.
 
-    Raises `ValueError` naming the problem: a non-empty `output` (unless `overwrite`) or one another export is
+    Raises `ValueError` naming the problem: an `output` that holds files this project did not write as a model
+    folder (they are named; nothing is removed), an earlier model folder (unless `overwrite`), one another export is
     writing, an unknown reduction field, a bad value, a method whose learned parameters this checkpoint lacks; and
     `PublishError` when the upload fails (the folder is then complete on disk)."""
     output = Path(output)
@@ -60,8 +61,9 @@ def export_model(
             raise ValueError(f"push_to_hub: {push_to_hub!r} is not a Hub repository id ({error})") from error
     target = resolve_device(device)
 
+    check_output_folder(output, "--output", MODEL_FOLDER, "--overwrite", overwrite)
     with exclusive_use(output, "--output"):  # a second export there would replace this one's folder
-        check_output_folder(output, overwrite, flag="--overwrite")
+        check_output_folder(output, "--output", MODEL_FOLDER, "--overwrite", overwrite)  # as it is under the lock
         reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
         check_trained(reduced.config, info["missing_keys"])
         processor = AutoImageProcessor.from_pretrained(model)

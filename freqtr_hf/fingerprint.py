@@ -1,5 +1,4 @@
-"""The fingerprint of a run: everything that changes its result, so that a resumed job continues only the same job,
-and the lock that keeps a second run off the files of one in progress.
+"""The fingerprint of a run: everything that changes its result, so that a resumed job continues only the same job.
 
 A fingerprint is a flat dict of JSON values. `mismatch` compares a saved one with the current one and names the
 fields that differ, for the error a resume gives.
@@ -8,12 +7,8 @@ fields that differ, for the error a resume gives.
 import hashlib
 import json
 import os
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-
-import filelock
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -81,34 +76,3 @@ def mismatch(saved: dict, current: dict) -> str | None:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-class RunInUseError(ValueError):
-    """A state file or output folder is held by another run."""
-
-
-@contextmanager
-def exclusive_use(path: str | os.PathLike, flag: str) -> Iterator[None]:
-    """Hold the lock file `<path>.lock` while a run writes `path` (a state file, an output folder). A second run on
-    the same path raises `RunInUseError` naming `flag` and the path at once, instead of interleaving its writes with
-    the first run's. The operating system releases the lock of a process that dies. Where no lock file can be made
-    (a read-only folder), the run goes on with a warning."""
-    lock_file = Path(f"{os.path.realpath(path)}.lock")  # one lock for every spelling of the path
-    lock = filelock.FileLock(lock_file, timeout=0)
-    try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except filelock.Timeout:  # an OSError too: caught first
-        raise RunInUseError(
-            f"{flag}: {path} is in use by another run (it holds {lock_file}); wait for that run to end, or give "
-            f"another {flag}"
-        ) from None
-    except OSError as error:  # a folder that takes no lock file (read-only): the run goes on, unguarded
-        warnings.warn(f"{flag}: cannot create {lock_file} ({error.strerror or error}); a second run on {path} "
-                      "would not be refused", stacklevel=3)
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()

@@ -4,6 +4,9 @@ Every mode Pillow opens becomes 8-bit RGB the way a person sees it: 16-bit and 3
 8 bits (Pillow's own `convert("RGB")` clips them, which turns a 16-bit photo white), float images are scaled from
 their range, transparency is composited over white, and the EXIF orientation is applied. A file that cannot be read raises `ImageReadError` naming
 the file; an image over `max_pixels` is refused from its header, before it is decoded.
+
+Only the formats people keep photos in are read (`IMAGE_FORMATS`); Pillow is never asked to try its other readers,
+some of which run external programs (its EPS reader starts Ghostscript) or parse document formats.
 """
 
 import io
@@ -14,6 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# Pillow's names of the formats read; anything else is refused unread, whatever its file name says
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# what a refused file most likely is, for the message: leading bytes of common non-image uploads
+DOCUMENT_SIGNATURES = {b"%!PS": "a PostScript document", b"\xc5\xd0\xd3\xc6": "an EPS document", b"%PDF": "a PDF document"}
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 
 class ImageReadError(ValueError):
@@ -53,9 +61,9 @@ def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     try:
         if isinstance(source, dict):
             data = source.get("bytes")
-            image = Image.open(io.BytesIO(data)) if data is not None else Image.open(source["path"])
+            image = _open(io.BytesIO(data) if data is not None else source["path"], name)
         elif isinstance(source, (str, os.PathLike)):
-            image = Image.open(source)
+            image = _open(source, name)
         else:
             image = source
         width, height = image.size
@@ -70,6 +78,23 @@ def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{name}: not a readable image ({type(error).__name__}: {error})") from error
+
+
+def _open(file: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
+    """Open (not decode) a file with Pillow's readers of `IMAGE_FORMATS` alone."""
+    try:
+        return Image.open(file, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        if isinstance(file, io.BytesIO):
+            head = file.getvalue()[:4]
+        else:
+            with open(file, "rb") as handle:
+                head = handle.read(4)
+        kind = next((what for signature, what in DOCUMENT_SIGNATURES.items() if head.startswith(signature)), None)
+        raise ImageReadError(
+            f"{name}: {'is ' + kind + ', not an image' if kind else 'not a readable image'}; the images read here are "
+            f"{ACCEPTED} files"
+        ) from None
 
 
 def _image_name(source: ImageSource) -> str:

@@ -82,13 +82,6 @@ def current_name(name: str) -> str:
     return name
 
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_freqvit.FreqViTConfig",
-    "AutoModel": "modeling_freqvit.FreqViTModel",
-    "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
-}
-
-
 class FreqViTAttention(ViTAttention):
     """ViT self-attention with the frequency-aware reweighting `Â = A + ω1·(A − 1/n) + ω2·A⊙M_DC` (per head).
 
@@ -276,12 +269,6 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
             name: parameter for name, parameter in self.named_parameters()
             if any(re.search(pattern, name) for pattern in REDUCTION_PARAMETER_NAMES)
         }
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` for every Auto class a FreqViT serves, so the folder
-        loads with `AutoConfig`, `AutoModel` and `AutoModelForImageClassification` (`trust_remote_code=True`)."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

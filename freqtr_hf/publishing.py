@@ -2,14 +2,9 @@
 
 A model folder holds the weights, the config with its `auto_map`, the modeling code, the image processor and a model
 card (`README.md`) whose metadata the Hub reads: license, library, pipeline tag, base model, datasets, tags, and a
-model-index with the measured top-1 and GMACs. Folders are written beside their destination and renamed into place,
-so an interrupted write never leaves a half-written folder under the final name.
+model-index with the measured top-1 and GMACs. Where the folder is written, and what it may replace, is `runs`'s.
 """
 
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
@@ -18,6 +13,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configuration_freqvit import FreqViTConfig
 from .macs import count_macs
+from .runs import MARKER
 from .token_schedule import configured_sequence_lengths
 
 
@@ -279,37 +275,6 @@ def write_model_files(folder: Path, model, processor) -> None:
     processor.save_pretrained(folder)
 
 
-def replace_folder(source: Path, target: Path) -> None:
-    """Move the complete folder `source` to `target`. An existing `target` is moved aside to `<target>.old` first and
-    removed last, so a kill at any moment leaves either the old or the new folder complete."""
-    old = target.with_name(f"{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def staged_folder(folder: Path) -> Iterator[Path]:
-    """A fresh `<folder>.tmp` to fill; when the block completes it replaces `folder` (see `replace_folder`)."""
-    staging = folder.with_name(f"{folder.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)  # left by an interrupted write
-    staging.mkdir(parents=True)
-    yield staging
-    replace_folder(staging, folder)
-
-
-def check_output_folder(folder: Path, overwrite: bool, flag: str = "overwrite") -> None:
-    """Refuse a folder that exists and is not empty, unless overwriting was asked for."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder")
-    if not overwrite and folder.is_dir() and any(folder.iterdir()):
-        raise ValueError(f"{folder} is not empty; pick another folder, or pass {flag} to replace what is there")
-
-
 class PublishError(RuntimeError):
     """The upload of a complete model folder failed; the folder stays on disk, ready to upload later."""
 
@@ -321,7 +286,8 @@ def publish_to_hub(folder: Path, repo_id: str, token: str | None = None, api: Hf
     api = api or HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload FreqViT")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload FreqViT",
+                                   ignore_patterns=[MARKER])
     except Exception as error:  # the network boundary: every cause gets the same advice, and stays chained
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PublishError(

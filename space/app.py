@@ -9,12 +9,19 @@ Environment:
                        those, it loads only the default model and Hub ids
     FREQTR_DEVICE      auto (default: the CUDA GPU when there is one), cpu, cuda or mps
     FREQTR_QUEUE_SIZE  requests that may wait (default 16); beyond that, Gradio asks the user to try again
+    FREQTR_MAX_GMACS   the largest model served, in GMACs per image unreduced (default 20: ViT-B/16 at 224 px is
+                       17.6); a bigger one is refused from its config, before its weights load
+    FREQTR_MAX_UPLOAD_MB  the largest upload (default 20)
 
-Each model loads once, and its reduced variants share its parameter tensors.
+Each model loads once, and its reduced variants share its parameter tensors. What the Space accepts, bounds and
+cleans up is in docs/security.md: JPEG, PNG, WebP, GIF, BMP and TIFF images only; uploads removed after
+`UPLOAD_LIFETIME_S`; every failure answered in one line that shows no path of the server.
 """
 
 import functools
+import logging
 import os
+import re
 import statistics
 import tempfile
 import textwrap
@@ -50,6 +57,13 @@ STAGES_PER_ROW = 3
 PRESET_METHOD = "freq, training-free preset"
 # the Method box: every training-free method as it is, and freq with `TRAINING_FREE_FREQ` (method, config overrides)
 METHODS = {**{method: (method, {}) for method in TRAINING_FREE_METHODS}, PRESET_METHOD: ("freq", TRAINING_FREE_FREQ)}
+MAX_GMACS = float(os.environ.get("FREQTR_MAX_GMACS", "20"))
+MAX_UPLOAD_MB = float(os.environ.get("FREQTR_MAX_UPLOAD_MB", "20"))
+UPLOAD_LIFETIME_S = 900  # Gradio's cache of uploads is emptied of files older than this, every 5 minutes
+SHOWN_CHARACTERS = 80  # of a user's text echoed in a message
+# an absolute path of two or more parts: a message shows its last part only
+SERVER_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
+log = logging.getLogger(__name__)
 
 
 def default_model() -> str:
@@ -69,17 +83,21 @@ def model_source(text: str) -> str:
     default = default_model()
     if not text or text == default:
         return default
-    path = Path(text).expanduser()
-    if path.is_absolute() or path.exists() or text.startswith((".", "~")):
+    try:
+        path = Path(text).expanduser()
+        local = path.is_absolute() or path.exists() or text.startswith((".", "~"))
+        resolved = path.resolve() if local else None
+    except (ValueError, OSError, RuntimeError) as error:  # a NUL byte, a name too long, a symlink loop
+        raise gr.Error(f"Model: {shorten(text)!r} is not a name this Space can load ({type(error).__name__}).") from None
+    if resolved is not None:
         # a path on this server (a Hub-like name that exists here counts too: transformers would load the folder)
-        resolved = path.resolve()
         roots = allowed_model_dirs()
         if resolved == Path(default).expanduser().resolve() or any(resolved.is_relative_to(root) for root in roots):
             if not resolved.is_dir():
-                raise gr.Error(f"Model: there is no folder {text!r}.")
+                raise gr.Error(f"Model: there is no folder {shorten(text)!r}.")
             return str(resolved)
-        allowed = ", ".join(map(str, roots)) if roots else "none: FREQTR_MODEL_DIRS is not set"
-        raise gr.Error(f"Model: {text!r} is not under the folders this Space loads models from ({allowed}).")
+        allowed = "set by FREQTR_MODEL_DIRS" if roots else "none: FREQTR_MODEL_DIRS is not set"
+        raise gr.Error(f"Model: {shorten(text)!r} is not under the folders this Space loads models from ({allowed}).")
     try:
         validate_repo_id(text)
     except HFValidationError:
@@ -87,7 +105,48 @@ def model_source(text: str) -> str:
     else:
         if text.count("/") == 1:
             return text
-    raise gr.Error(f"Model: give a Hub id such as {FALLBACK_MODEL!r} or an allowed folder, got {text!r}.")
+    raise gr.Error(f"Model: give a Hub id such as {FALLBACK_MODEL!r} or an allowed folder, got {shorten(text)!r}.")
+
+
+def shorten(text: str) -> str:
+    """A user's text as a message may echo it: at most `SHOWN_CHARACTERS`, without control characters."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 1] + "…"
+
+
+def public_message(text: str) -> str:
+    """One line for the user: the first line of `text`, each absolute path cut to its last part."""
+    line = (str(text).strip().splitlines() or [""])[0]
+    return SERVER_PATH.sub(r"\1", line)[:300]
+
+
+def one_line_answers(handler):
+    """Every failure of a request as one `gr.Error` line without the server's paths; an unexpected one is logged
+    with its traceback on the server and named by its type only."""
+
+    @functools.wraps(handler)
+    def answered(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error as error:
+            raise gr.Error(public_message(error.message)) from None
+        except Exception as error:  # noqa: BLE001 - the boundary between the server and the user
+            log.exception("request failed")
+            raise gr.Error(f"The request failed ({type(error).__name__}); nothing was kept of it.") from None
+
+    return answered
+
+
+def check_cost(source: str, local_files_only: bool) -> None:
+    """Refuse, from its config alone, a model costlier than `MAX_GMACS` per image: a request must not cost what a
+    model's config says."""
+    config = FreqViTConfig.from_pretrained(source, reduction_method="none", local_files_only=local_files_only)
+    gmacs = count_macs(config) / 1e9
+    if gmacs > MAX_GMACS:
+        raise gr.Error(
+            f"Model: {gmacs:.0f} GMACs per image ({config.image_size} px, {config.num_hidden_layers} layers, width "
+            f"{config.hidden_size}) is over this Space's limit of {MAX_GMACS:g}; pick a smaller model."
+        )
 
 
 def hub_unreachable(model_id: str) -> str | None:
@@ -124,6 +183,7 @@ class LoadedModel:
     def __init__(self, source: str):
         reason = hub_unreachable(source) if not Path(source).is_dir() else None
         try:
+            check_cost(source, local_files_only=reason is not None)
             model = FreqViTForImageClassification.from_pretrained(
                 source, reduction_method="none", local_files_only=reason is not None
             )
@@ -170,10 +230,17 @@ def read_upload(upload: str | dict | None) -> Image.Image:
     path, name = (upload.get("path"), upload.get("orig_name")) if isinstance(upload, dict) else (upload, None)
     if not path:
         raise gr.Error("Upload an image or pick an example first.")
+    shown = name or Path(path).name
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        raise gr.Error(f"{shorten(shown)}: the upload is gone; upload it again.") from error
+    if size > MAX_UPLOAD_MB * 1e6:
+        raise gr.Error(f"{shorten(shown)}: {size / 1e6:.1f} MB is over this Space's limit of {MAX_UPLOAD_MB:g} MB.")
     try:
         return read_image(path)
     except ImageReadError as error:
-        raise gr.Error(str(error).replace(str(path), name or Path(path).name)) from error  # not the server's path
+        raise gr.Error(str(error).replace(str(path), shorten(shown))) from error  # not the server's path
 
 
 def parse_ints(text: str, field: str) -> tuple[int, ...]:
@@ -279,6 +346,7 @@ def amplitude_plot(unreduced: list[float], reduced: list[float], stages: list[in
     return figure
 
 
+@one_line_answers
 def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
     """Run the unreduced and the reduced model on the upload: stage pictures, both top-5s, cost and latency, and
     the per-layer high-frequency amplitude."""
@@ -324,6 +392,7 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
     return stages, top5(out.logits[0], id2label), top5(base.logits[0], id2label), stats, figure
 
 
+@one_line_answers
 def check_upload(upload) -> None:
     """Tell the user at once when an upload cannot be read (not an image, corrupt, too large)."""
     read_upload(upload)
@@ -345,7 +414,8 @@ def example_images() -> list[str]:
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="FreqViT token reduction") as demo:
+    # uploads (and the Space's own outputs) leave Gradio's cache after UPLOAD_LIFETIME_S, and all of them at shutdown
+    with gr.Blocks(title="FreqViT token reduction", delete_cache=(300, UPLOAD_LIFETIME_S)) as demo:
         gr.Markdown(
             "# Frequency-aware token reduction\n"
             "Which patches a ViT keeps (high-frequency tokens, white borders), which it averages into each DC token "
@@ -393,4 +463,4 @@ def build_demo() -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build_demo().launch()
+    build_demo().launch(max_file_size=f"{MAX_UPLOAD_MB:g}mb")

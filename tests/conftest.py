@@ -90,7 +90,7 @@ def held_by_another_process(path: Path) -> Iterator[None]:
     """Another process holds `path` (a state file, an output folder) as a run does, until the block ends; then it
     is killed (SIGKILL: no clean-up of its own), as a crashed run would be."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from freqtr_hf.fingerprint import exclusive_use\n"
+        [sys.executable, "-c", "import sys, time; from freqtr_hf.runs import exclusive_use\n"
          "with exclusive_use(sys.argv[1], 'x'):\n print('held', flush=True); time.sleep(600)", str(path)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )

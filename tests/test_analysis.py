@@ -12,7 +12,7 @@ import torch
 
 from freqtr_hf.analysis_report import AnalysisOptions, run_analysis
 from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
-from freqtr_hf.fingerprint import RunInUseError, exclusive_use
+from freqtr_hf.runs import OutputRefused, RunInUseError, exclusive_use
 from freqtr_hf.frequency_analysis import (
     add_token_noise,
     diagonal_log_amplitude,
@@ -302,9 +302,9 @@ def test_an_output_folder_in_use_by_another_run_is_refused(tiny_setup, tmp_path)
     assert run_analysis(**arguments)["accuracy"]  # the holder died: the folder is free
 
 
-def test_a_path_that_takes_no_lock_file_runs_unguarded_with_a_warning(tmp_path):
+def test_a_path_that_takes_no_lock_file_is_refused(tmp_path):
     (tmp_path / "a file").write_text("")
-    with pytest.warns(UserWarning, match="--output: cannot create .*a second run .* would not be refused"):
+    with pytest.raises(OutputRefused, match="--output: cannot create the lock"):
         with exclusive_use(tmp_path / "a file" / "out", "--output"):
             pass
 

@@ -154,10 +154,19 @@ def test_a_finished_run_reprints_its_results_and_another_run_is_refused(
     assert main(evaluate(tiny_checkpoint, "--state-file", state, "--restart")) == 0
 
 
+def test_a_state_file_that_is_not_json_is_refused_and_kept(tiny_checkpoint, tmp_path, capsys):
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    for restart in ([], ["--restart"]):  # not recognisably the project's: not even --restart replaces it
+        assert main(evaluate(tiny_checkpoint, "--state-file", str(state), *restart)) == 2
+        error = error_lines(capsys.readouterr().err)
+        assert len(error) == 1 and f"{state} exists and was not written by freqtr-hf" in error[0]
+    assert state.read_text() == "{not json"
+
+
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda s: "{not json",
         lambda s: json.dumps({**s, "done": 10**6}),
         lambda s: json.dumps({**s, "done": 8}),  # out of step with the saved predictions
         lambda s: json.dumps({k: v for k, v in s.items() if k != "labels"}),
@@ -485,10 +494,11 @@ def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {"accuracy", "log_amplitude", "depth_maps", "cka"} <= set(report)
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods", "freq",
-                 "--keep-rates", "0.5", "--output", str(tmp_path / "preset"), "--device", "cpu", "--batch-size", "4",
-                 "--preset", "training_free"]) == 0
-    assert json.loads((tmp_path / "preset" / "report.json").read_text())["run"]["freq_preset"] == "training_free"
-    assert "`freq` runs with the `training_free` preset." in (tmp_path / "preset" / "report.md").read_text()
+                 "--keep-rates", "0.5", "--output", str(tmp_path / "preset-report"), "--device", "cpu",
+                 "--batch-size", "4", "--preset", "training_free"]) == 0
+    report = tmp_path / "preset-report"
+    assert json.loads((report / "report.json").read_text())["run"]["freq_preset"] == "training_free"
+    assert "`freq` runs with the `training_free` preset." in (report / "report.md").read_text()
     assert main(["analyze", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "1", "2",
                  "--output", str(tmp_path / "report")]) == 2
     assert "--every" in capsys.readouterr().err

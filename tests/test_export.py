@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import held_by_another_process, write_images, write_tiny_vit
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
-from freqtr_hf.fingerprint import RunInUseError
+from freqtr_hf.runs import RunInUseError
 from freqtr_hf.publishing import PublishError, model_card
 from test_loading import remote_code_difference
 from test_training import RecordingHubApi
@@ -91,12 +91,11 @@ def test_exported_folder_loads_without_freqtr_hf_and_the_cards_examples_run(tiny
 
 def test_a_non_empty_output_is_refused_before_loading_unless_overwrite(tiny_base, tmp_path):
     output = tmp_path / "out"
-    output.mkdir()
-    (output / "old.txt").write_text("an earlier export")
-    with pytest.raises(ValueError, match="out is not empty"):
+    export_model(str(tiny_base / "vit-tiny"), str(output), {**TINY_REDUCTION, "keep_rate": 0.7})
+    with pytest.raises(ValueError, match="out holds an earlier model folder; pass --overwrite"):
         export_model(str(tmp_path / "no-such-model"), str(output), {})
     export_model(str(tiny_base / "vit-tiny"), str(output), TINY_REDUCTION, overwrite=True)
-    assert not (output / "old.txt").exists() and (output / "model.safetensors").exists()
+    assert FreqViTConfig.from_pretrained(output).keep_rate == 0.5
 
 
 @pytest.mark.parametrize(("reduction", "options", "message"), [

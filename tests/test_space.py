@@ -1,6 +1,7 @@
 """The Gradio Space: shared weights, safe inputs (images, model box), honest numbers, deployment, and a real browser."""
 
 import ast
+import json
 import importlib.metadata
 import os
 import socket
@@ -437,3 +438,65 @@ def test_in_a_real_browser(running_space, tmp_path):
         browser.close()
     assert [output["label"] for output in info["named_endpoints"]["/analyse"]["returns"]][0] == "Reduction stages"
     assert screenshot.stat().st_size > 10_000
+
+
+# ---- hostile input: documents, oversized models and uploads, names that break path functions
+
+def test_a_postscript_file_named_png_is_refused_without_starting_ghostscript(tmp_path, monkeypatch):
+    ran = tmp_path / "gs-ran"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "gs").write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    (fake_bin / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    upload = tmp_path / "photo.png"
+    upload.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n")
+    with pytest.raises(gr.Error, match=r"holiday\.png: is a PostScript document, not an image; the images read here"):
+        app.check_upload({"path": str(upload), "orig_name": "holiday.png"})
+    assert not ran.exists()
+
+
+def test_an_upload_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", 0.001)
+    upload = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(upload)
+    with pytest.raises(gr.Error, match=r"big\.png: 0\.0 MB is over this Space's limit of 0.001 MB"):
+        app.check_upload(str(upload))
+
+
+def test_a_model_too_costly_for_the_space_is_refused_from_its_config_in_under_a_second(model_dirs):
+    from conftest import write_tiny_vit
+
+    folder = write_tiny_vit(model_dirs / "models" / "huge")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "image_size": 4096}))
+    (folder / "model.safetensors").write_bytes(b"never read")
+    start = time.perf_counter()
+    with pytest.raises(gr.Error, match=r"Model: \d+ GMACs per image \(4096 px, 4 layers, width 32\) is over"):
+        app.analyse(CAT, str(folder), "freq", 0.7, "2, 3", "2, 1")
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("text", ["models/\x00deit", "x" * 100_000, "{root}/models/loop"],
+                         ids=["a NUL byte", "a 100k-character name", "a symlink loop"])
+def test_names_that_break_path_functions_get_one_line_without_server_paths(model_dirs, text):
+    (model_dirs / "models" / "loop").symlink_to(model_dirs / "models" / "loop")
+    with pytest.raises(gr.Error) as error:
+        app.analyse(CAT, text.format(root=model_dirs), "freq", 0.7, "4, 7, 10", "2, 1, 1")
+    message = error.value.message
+    assert message.startswith("Model: ") and "\n" not in message and len(message) < 300
+    assert str(model_dirs) not in message
+
+
+def test_refusals_and_failures_show_no_server_path(model_dirs, monkeypatch):
+    with pytest.raises(gr.Error) as error:
+        app.analyse(CAT, str(model_dirs / "outside"), "freq", 0.7, "4, 7, 10", "2, 1, 1")
+    assert str(model_dirs) not in error.value.message  # neither the name given nor the allowed folders
+
+    def broken(source):
+        raise OSError(f"[Errno 5] Input/output error: '{model_dirs}/models/deit/model.safetensors'")
+
+    monkeypatch.setattr(app, "load_model", broken)
+    with pytest.raises(gr.Error) as error:
+        app.analyse(CAT, str(model_dirs / "models" / "deit"), "freq", 0.7, "4, 7, 10", "2, 1, 1")
+    assert error.value.message == "The request failed (OSError); nothing was kept of it."

@@ -16,7 +16,6 @@ ends exactly as the uninterrupted run would have; a resume with other settings, 
 
 import argparse
 import importlib.util
-import io
 import json
 import math
 import os
@@ -42,14 +41,15 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
 from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
-from freqtr_hf.evaluation import (
-    METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets, write_atomically,
-)
-from freqtr_hf.fingerprint import RunInUseError, exclusive_use, file_digest, mismatch, model_digest, resolved_source
+from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets
+from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
 from freqtr_hf.images import read_image
 from freqtr_hf.publishing import (
-    PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, replace_folder, staged_folder,
-    write_model_files,
+    PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, write_model_files,
+)
+from freqtr_hf.runs import (
+    OutputRefused, RunInUseError, check_output_folder, exclusive_use, replace_folder, staged_folder, write_atomically,
+    write_figure, write_marker,
 )
 from freqtr_hf_cli import (
     HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -60,6 +60,7 @@ CHECKPOINT = re.compile(r"step_(\d+)")
 RUN_STATE = "run_state.json"  # in a checkpoint: step, history, "before" evaluation, the job's fingerprint
 RUN_FILE = "run.json"  # in --output_dir: the job's fingerprint, written before the first step
 TRACKER_PROJECT = "freqtr_finetune"
+RUN_FOLDER = "fine-tuning run"  # the kind of folder --output_dir is (see freqtr_hf.runs)
 # the settings that make a job: a resume must have the same (output, logging and checkpoint timing may change)
 JOB_SETTINGS = (
     "dataset_name", "train_split", "validation_split", "validation_every", "max_train_samples",
@@ -164,10 +165,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_output_dir(args) -> None:
-    """Before any work: refuse to write a new run over an existing one."""
+    """Before any work: refuse a folder that holds files this script did not write (named), and a new run over an
+    existing one."""
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SystemExit(f"--output_dir {output_dir} is a file")
+    try:
+        check_output_folder(output_dir, "--output_dir", RUN_FOLDER)
+    except OutputRefused as error:
+        raise SystemExit(str(error)) from None
     if args.resume_from_checkpoint or args.overwrite_output_dir:
         return
     if output_dir.is_dir() and any(output_dir.iterdir()):
@@ -186,12 +190,17 @@ def missing_dependencies(args) -> list[str]:
     return [f"{module} (for {use})" for module, use in needed.items() if importlib.util.find_spec(module) is None]
 
 
+def is_staged_model(path: Path) -> bool:
+    """A model folder being written (`freqtr_hf.runs.staged_folder`), or the one it replaces: left by a killed run."""
+    return path.name.startswith(".model.") and path.name.endswith((".staging", ".replaced"))
+
+
 def remove_previous_run(output_dir: Path) -> None:
     """--overwrite_output_dir: remove what an earlier run wrote (checkpoints, model, results, logs, and the leftovers
     of interrupted writes), so that no stale checkpoint is resumed later. Other files are left alone."""
     for path in output_dir.iterdir():
         name = path.name.removesuffix(".tmp").removesuffix(".old")
-        if CHECKPOINT.fullmatch(name) or name in ("model", TRACKER_PROJECT):
+        if CHECKPOINT.fullmatch(name) or name in ("model", TRACKER_PROJECT) or is_staged_model(path):
             shutil.rmtree(path)
         elif name in (RUN_FILE, "results.json", "learning_curve.png"):
             path.unlink()
@@ -505,18 +514,18 @@ def main(argv: list[str] | None = None) -> dict:
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_output_dir(args)
     # the main process holds the output folder for the whole run: a second run there would mix their checkpoints
     try:
         with exclusive_use(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():
             return train(args, accelerator)
-    except RunInUseError as error:
+    except (RunInUseError, OutputRefused) as error:
         raise SystemExit(str(error)) from None
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     """The run of `main`, in its output folder."""
     output_dir = Path(args.output_dir)
-    check_output_dir(args)
     missing = missing_dependencies(args)
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: install with {INSTALL_TRAIN}")
@@ -550,6 +559,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         if args.overwrite_output_dir and output_dir.is_dir():
             remove_previous_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(output_dir, RUN_FOLDER)
+        for leftover in filter(is_staged_model, output_dir.iterdir()):  # this run folder's own, from a killed run
+            shutil.rmtree(leftover)
         write_atomically(run_file, json.dumps(fingerprint, indent=2))
     accelerator.wait_for_everyone()
 
@@ -750,10 +762,8 @@ def plot_learning_curve(history: dict, path: Path) -> None:
         top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
     figure.suptitle("FreqViT fine-tuning")
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, dpi=120, format="png")
+    write_figure(figure, path, dpi=120)
     plt.close(figure)
-    write_atomically(path, image.getvalue())
 
 
 if __name__ == "__main__":
