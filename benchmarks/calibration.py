@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from methods import shared_asset  # noqa: E402
 
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS  # noqa: E402
+from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS  # noqa: E402
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images  # noqa: E402
 from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
-from freqtr_hf_cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
+from freqtr_hf.cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
 MODES = {"calibrate": ["--calibrate"], "finetune": ["--distill_only", "--ema_decay", "0"]}

@@ -18,13 +18,13 @@ import torch
 from transformers import AutoImageProcessor
 
 from freqtr_hf import FreqViTConfig, count_macs
-from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import (
     build_models, compare_methods, format_table, label_mapping, label_names, load_images,
 )
 from freqtr_hf.runs import check_output_file, write_figure, write_json
-from freqtr_hf_cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
+from freqtr_hf.cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"  # ../shared/assets beside the repository

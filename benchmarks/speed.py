@@ -31,9 +31,9 @@ from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassifi
 from freqtr_hf.devices import (
     DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
 )
-from freqtr_hf.token_schedule import configured_sequence_lengths
-from freqtr_hf.token_state import AttentionMaps, TokenState
-from freqtr_hf_cli import HelpFormatter, positive_int
+from freqtr_hf.models.freqvit.token_schedule import configured_sequence_lengths
+from freqtr_hf.models.freqvit.token_state import AttentionMaps, TokenState
+from freqtr_hf.cli import HelpFormatter, positive_int
 
 DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 # not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost

@@ -38,7 +38,7 @@ from freqtr_hf.evaluation import (  # noqa: E402
     EvaluationState, build_models, compare_methods, label_mapping, label_names, load_images, run_fingerprint,
 )
 from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
-from freqtr_hf_cli import positive_int  # noqa: E402
+from freqtr_hf.cli import positive_int  # noqa: E402
 
 
 # each option of the preset alone, then together (and all but the last one added); then the preset with one choice

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from .analysis_figures import write_figures, write_markdown
-from .configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
+from .models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
 from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images
 from .fingerprint import mismatch, model_digest, slug, value_digest
@@ -44,7 +44,7 @@ from .frequency_analysis import (
 )
 from .images import read_image
 from .macs import count_macs
-from .modeling_freqvit import FreqViTForImageClassification
+from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .pattern_analysis import (
     assignment_nmi,
     compare_maps,
@@ -54,8 +54,8 @@ from .pattern_analysis import (
     set_iou,
 )
 from .runs import check_output_folder, exclusive_use, write_atomically, write_marker
-from .token_schedule import MERGING_METHODS, patch_grid
-from .token_state import TokenProvenance
+from .models.freqvit.token_schedule import MERGING_METHODS, patch_grid
+from .models.freqvit.token_state import TokenProvenance
 
 
 # bump when the statistics a job computes change, so that old caches are recomputed (4: radial ranks ties by patch

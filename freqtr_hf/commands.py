@@ -1,4 +1,4 @@
-"""The work of the `freqtr-hf` commands, thin over the library; `freqtr_hf_cli` parses their arguments.
+"""The work of the `freqtr-hf` commands, thin over the library; `freqtr_hf.cli` parses their arguments.
 
 Every command turns the errors a user can cause (a bad flag value, an unreadable file, an unreachable Hub) into one
 line on stderr and exit status 2.
@@ -16,11 +16,11 @@ import huggingface_hub
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 
-from .configuration_freqvit import FREQ_PRESETS
+from .models.freqvit.configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
 from .evaluation import format_table, results_json, run_evaluation
 from .runs import check_output_file, write_atomically
-from .publishing import PublishError, is_hub_id
+from .publishing import PublishError
 
 
 def reduction_overrides(args: argparse.Namespace) -> dict:
@@ -34,29 +34,6 @@ def reduction_overrides(args: argparse.Namespace) -> dict:
     if len(fields.get("keep_rate", ())) == 1:  # one rate for every layer
         fields["keep_rate"] = fields["keep_rate"][0]
     return fields
-
-
-def check_local_paths(args: argparse.Namespace) -> None:
-    """Name a flag whose local path is missing, before anything mistakes it for a Hub id."""
-    model = Path(args.model)
-    if not is_hub_id(args.model) and not model.exists():
-        raise ValueError(f"--model: no folder {args.model}")
-    if model.is_file():
-        raise ValueError(f"--model: {args.model} is a file; give the checkpoint folder (the one with config.json)")
-    if model.is_dir() and not (model / "config.json").exists():
-        raise ValueError(f"--model: {args.model} has no config.json, so it is not a checkpoint folder")
-    if model.is_dir() and not (model / "preprocessor_config.json").exists():
-        raise ValueError(
-            f"--model: {args.model} has no preprocessor_config.json (its image processor); save the processor with "
-            "the weights (`processor.save_pretrained(folder)`)"
-        )
-    synsets = getattr(args, "synsets", None)
-    if synsets and not Path(synsets).is_file():
-        raise ValueError(f"--synsets: {synsets} is a folder; give the class-list file" if Path(synsets).is_dir()
-                         else f"--synsets: no file {synsets}")
-    for data in args.data if isinstance(args.data, list) else [args.data]:
-        if data and not is_hub_id(data) and not Path(data).exists():
-            raise ValueError(f"--data: no folder {data}")
 
 
 def prepare_output_files(args: argparse.Namespace) -> None:
@@ -107,7 +84,6 @@ def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     def guarded(args: argparse.Namespace) -> int:
         with noting_ctrl_c() as interrupted:
             try:
-                check_local_paths(args)
                 return run(args)
             except Exception as error:
                 if interrupted:

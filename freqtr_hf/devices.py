@@ -1,9 +1,16 @@
-"""Where models run: `--device auto|cpu|cuda|mps` and `--dtype`, resolved once for every command and the Space."""
+"""Where models run: `--device auto|cpu|cuda|mps` and `--dtype`, resolved once for every command and the Space.
+
+The choices are read by the command line before anything heavy loads: torch is imported where it is used.
+"""
+
+from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -13,6 +20,8 @@ DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto`: the CUDA GPU when there is one, else Apple's MPS, else the CPU. An explicit device that this machine
     lacks raises `ValueError` naming it."""
+    import torch
+
     if name not in DEVICE_CHOICES:
         raise ValueError(f"device: must be one of {DEVICE_CHOICES}, got {name!r}")
     if name == "auto":
@@ -30,6 +39,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The torch dtype of `--dtype`; float16 only where the device computes it (not on the CPU)."""
+    import torch
+
     if name not in DTYPE_CHOICES:
         raise ValueError(f"dtype: must be one of {DTYPE_CHOICES}, got {name!r}")
     if name == "float16" and device.type == "cpu":
@@ -39,6 +50,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def describe(device: torch.device) -> str:
     """'cuda (NVIDIA H100 80GB HBM3)', 'cpu (2 threads)', for the line a command prints before it runs."""
+    import torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
@@ -49,6 +62,8 @@ def describe(device: torch.device) -> str:
 def synchronize(device: torch.device) -> None:
     """Wait for the kernels queued on an accelerator, so that a clock read next measures them (the CPU runs them
     as they are called)."""
+    import torch
+
     if device.type != "cpu":
         torch.accelerator.synchronize(device)
 

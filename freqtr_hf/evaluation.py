@@ -21,14 +21,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, BaseImageProcessor
 
-from .configuration_freqvit import FreqViTConfig
+from .models.freqvit.configuration_freqvit import FreqViTConfig
 from .devices import take_turns
 from .fingerprint import (
     file_digest, files_digest, mismatch, model_digest, resolved_source, value_digest,
 )
 from .images import ImageReadError, read_image
 from .macs import count_macs
-from .modeling_freqvit import FreqViTForImageClassification
+from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .runs import PRODUCER, check_output_file, exclusive_use, stamp, write_atomically
 
 

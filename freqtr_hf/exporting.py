@@ -15,10 +15,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoImageProcessor
 
-from .configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
+from .models.freqvit.configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
 from .devices import resolve_device
 from .evaluation import run_evaluation
-from .modeling_freqvit import FreqViTForImageClassification
+from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .publishing import model_card, publish_to_hub, write_model_files
 from .runs import MODEL_FOLDER, check_output_folder, exclusive_use, staged_folder
 

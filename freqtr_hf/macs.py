@@ -2,7 +2,7 @@
 
 from transformers import ViTConfig
 
-from .token_schedule import pair, patch_grid, sequence_lengths
+from .models.freqvit.token_schedule import pair, patch_grid, sequence_lengths
 
 
 def count_macs(config: ViTConfig, image_size: int | tuple[int, int] | None = None) -> int:

@@ -8,13 +8,12 @@ model-index with the measured top-1 and GMACs. Where the folder is written, and 
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
-from .configuration_freqvit import FreqViTConfig
+from .models.freqvit.configuration_freqvit import FreqViTConfig
 from .macs import count_macs
 from .runs import MARKER
-from .token_schedule import configured_sequence_lengths
+from .sources import is_hub_id
+from .models.freqvit.token_schedule import configured_sequence_lengths
 
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -60,17 +59,6 @@ def method_summary(config: FreqViTConfig) -> str:
             f"window's DC token{weights if config.proportional_attention else ''}{pool}"
         )
     return METHOD_SUMMARIES.get(config.reduction_method, "a baseline token-reduction method")
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` names a Hub repository rather than a local folder or file."""
-    if Path(name).exists() or name.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def public_name(source: str, parts: int = 1) -> str:

@@ -7,7 +7,7 @@ region is outlined in its colour. `merged_token_colour` gives the colours for a 
 
 import numpy as np
 
-from .token_state import TokenProvenance
+from .models.freqvit.token_state import TokenProvenance
 
 # matplotlib's tab20 without its two greys (grey means dropped), one colour per merged token, cycling beyond 18
 PALETTE = np.array(

@@ -41,7 +41,7 @@ from transformers import AutoImageProcessor
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
 from freqtr_hf.frequency_analysis import layer_high_frequency
-from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from freqtr_hf.analysis_report import AnalysisOptions, run_analysis
-from freqtr_hf.configuration_freqvit import TRAINING_FREE_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.runs import OutputRefused, RunInUseError, exclusive_use
 from freqtr_hf.frequency_analysis import (
     add_token_noise,
@@ -31,7 +31,7 @@ from freqtr_hf.pattern_analysis import (
     rank_correlations,
     set_iou,
 )
-from freqtr_hf.token_state import TokenProvenance, TokenState
+from freqtr_hf.models.freqvit.token_state import TokenProvenance, TokenState
 
 from conftest import held_by_another_process, write_images, write_tiny_vit
 

@@ -5,12 +5,12 @@ import torch
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from freqtr_hf import FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
-from freqtr_hf.reduction_merging import bipartite_merge_plan, merge_to_count
-from freqtr_hf.reduction_pruning import adaptive_sample, radial_scores, top_k_in_order
-from freqtr_hf.reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
-from freqtr_hf.reduction_learned import sinkhorn_assignment
-from freqtr_hf.token_schedule import MERGING_METHODS, PRUNING_METHODS, sequence_lengths
+from freqtr_hf.models.freqvit.configuration_freqvit import REDUCTION_METHODS
+from freqtr_hf.models.freqvit.reduction_merging import bipartite_merge_plan, merge_to_count
+from freqtr_hf.models.freqvit.reduction_pruning import adaptive_sample, radial_scores, top_k_in_order
+from freqtr_hf.models.freqvit.reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
+from freqtr_hf.models.freqvit.reduction_learned import sinkhorn_assignment
+from freqtr_hf.models.freqvit.token_schedule import MERGING_METHODS, PRUNING_METHODS, sequence_lengths
 
 from conftest import tiny_config
 from test_loading import real_images

@@ -17,13 +17,13 @@ from PIL import Image
 from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 import freqtr_hf.evaluation
-import freqtr_hf_cli
+import freqtr_hf.cli
 from freqtr_hf import FreqViTForImageClassification, count_macs
 from freqtr_hf.commands import one_line_errors
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_FREQ
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images
 from freqtr_hf.images import ImageReadError, read_image
-from freqtr_hf_cli import main
+from freqtr_hf.cli import main
 
 from conftest import SYNSETS, held_by_another_process, write_images, write_tiny_vit
 
@@ -285,7 +285,7 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tiny_checkpoint, tmp_pat
             "--batch-size", "1", "--device", "cpu", "--methods", "freq", "--state-file", str(state)]
     # SIGINT back to its default in the child: a shell ignores it in background jobs, and Python, started with it
     # ignored, would never raise KeyboardInterrupt
-    process = subprocess.Popen([sys.executable, "-m", "freqtr_hf_cli", *argv], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "freqtr_hf.cli", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
@@ -310,20 +310,18 @@ def test_ctrl_c_without_a_state_file_says_how_to_make_a_run_resumable(tiny_check
         "freqtr-hf: interrupted; with --state-file FILE a run can be resumed after an interruption")
 
 
-def test_help_and_version_answer_without_importing_torch():
-    code = "import sys, freqtr_hf_cli; freqtr_hf_cli.build_parser(); print('torch' in sys.modules)"
+def test_help_version_and_a_missing_folder_answer_without_importing_torch(tmp_path):
+    code = "import sys, freqtr_hf.cli; freqtr_hf.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    version = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", "--version"], capture_output=True, text=True)
+    code = ("import sys, freqtr_hf.cli; code = freqtr_hf.cli.main(sys.argv[1:]); print(code, 'torch' in sys.modules)")
+    missing = subprocess.run([sys.executable, "-c", code, "evaluate", "--model", str(tmp_path), "--data",
+                              str(tmp_path / "absent")], capture_output=True, text=True)
+    assert missing.stdout.split() == ["2", "False"]
+    assert missing.stderr.strip().splitlines()[-1].startswith("freqtr-hf: --model: ")  # no config.json: named first
+    version = subprocess.run([sys.executable, "-m", "freqtr_hf.cli", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith("freqtr-hf ")
-    help_text = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--help"], capture_output=True, text=True)
+    help_text = subprocess.run([sys.executable, "-m", "freqtr_hf.cli", "evaluate", "--help"], capture_output=True, text=True)
     assert "(default: facebook/deit-tiny-patch16-224)" in help_text.stdout.replace("\n", " ").replace("  ", " ")
-
-
-def test_the_command_line_names_the_library_methods():
-    assert freqtr_hf_cli.REDUCTION_METHODS == ("none", *[m for m in REDUCTION_METHODS if m != "none"])
-    assert set(freqtr_hf_cli.REDUCTION_METHODS) == set(REDUCTION_METHODS)
-    assert freqtr_hf_cli.TRAINING_FREE_METHODS == TRAINING_FREE_METHODS
-    assert freqtr_hf_cli.FREQ_PRESETS == tuple(FREQ_PRESETS)
 
 
 def test_unlabelled_images_say_why_top1_is_missing(tiny_checkpoint, tmp_path, capsys):
@@ -365,7 +363,7 @@ def test_ctrl_c_in_an_analysis_says_how_to_resume_and_the_rerun_reuses_what_was_
             "--data", str(tiny_checkpoint / "first"), str(tiny_checkpoint / "second"),
             "--methods", "topk", "tome", "freq", "--keep-rates", "0.5", "0.7", "--batch-size", "1",
             "--device", "cpu", "--output", str(output)]
-    process = subprocess.Popen([sys.executable, "-m", "freqtr_hf_cli", *argv], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "freqtr_hf.cli", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
@@ -378,7 +376,7 @@ def test_ctrl_c_in_an_analysis_says_how_to_resume_and_the_rerun_reuses_what_was_
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (
         f"freqtr-hf: interrupted; run the same command again to resume from the caches in {output / 'cache'}")
-    rerun = subprocess.run([sys.executable, "-m", "freqtr_hf_cli", *argv], capture_output=True, text=True,
+    rerun = subprocess.run([sys.executable, "-m", "freqtr_hf.cli", *argv], capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0
     first_set = next(line for line in rerun.stdout.splitlines() if line.startswith("first: "))
@@ -451,7 +449,7 @@ def test_a_checkpoint_without_its_image_processor_and_a_folder_as_synsets_are_na
 
 def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "freqtr_hf_cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",
+        [sys.executable, "-m", "freqtr_hf.cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",
          "--data", str(tmp_path)],
         capture_output=True,
         text=True,

@@ -2,8 +2,8 @@ import pytest
 from transformers import BertConfig, ViTConfig
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, TRAINING_FREE_FREQ
-from freqtr_hf.token_schedule import sequence_lengths
+from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, TRAINING_FREE_FREQ
+from freqtr_hf.models.freqvit.token_schedule import sequence_lengths
 
 from conftest import tiny_config
 

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.reduction_frequency import merge_into_dc_tokens
-from freqtr_hf_cli import main
+from freqtr_hf.models.freqvit.reduction_frequency import merge_into_dc_tokens
+from freqtr_hf.cli import main
 
 from conftest import write_images, write_tiny_vit
 from test_modeling import vit_twin

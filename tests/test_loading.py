@@ -156,7 +156,7 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     model.save_pretrained(folder)
     saved = sorted(path.name for path in folder.iterdir())
     # every module the model imports, followed as transformers follows them, travels with the weights
-    modeling = Path(freqtr_hf.__file__).parent / "modeling_freqvit.py"
+    modeling = Path(freqtr_hf.__file__).parent / "models" / "freqvit" / "modeling_freqvit.py"
     needed = {Path(f).name for f in get_relative_import_files(str(modeling))}
     assert {"reducers.py", "token_state.py", "reduction_frequency.py"} <= needed
     assert needed <= set(saved)
@@ -169,6 +169,13 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert remote_code_difference(folder, pixels, model(pixels).logits, tmp_path) == 0.0
+
+
+def test_a_saved_folder_carries_exactly_the_code_of_the_model_folder(tmp_path):
+    FreqViTForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    model_folder = Path(freqtr_hf.__file__).parent / "models" / "freqvit"
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == sorted(
+        p.name for p in model_folder.glob("*.py") if p.name != "__init__.py")
 
 
 def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):

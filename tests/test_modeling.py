@@ -8,8 +8,8 @@ from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, FreqViTModel
-from freqtr_hf.modeling_freqvit import FreqViTAttention
-from freqtr_hf.reduction_frequency import window_index
+from freqtr_hf.models.freqvit.modeling_freqvit import FreqViTAttention
+from freqtr_hf.models.freqvit.reduction_frequency import window_index
 
 from conftest import tiny_config
 

@@ -14,7 +14,7 @@ from freqtr_hf.runs import (
     MARKER, OutputRefused, check_output_file, check_output_folder, exclusive_use, lock_path, write_atomically,
     write_json,
 )
-from freqtr_hf_cli import main
+from freqtr_hf.cli import main
 
 REDUCTION = {"reduction_method": "freq", "keep_rate": 0.5, "reduction_layers": [1, 2], "dc_window_sizes": [2, 1]}
 

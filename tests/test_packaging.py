@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = """
-import sys, freqtr_hf, freqtr_hf_cli
+import sys, freqtr_hf, freqtr_hf.cli
 from pathlib import Path
 assert sys.prefix in freqtr_hf.__file__, freqtr_hf.__file__  # the installed copy, not the checkout
 assert (Path(freqtr_hf.__file__).parent / "metrics" / "top1_agreement.py").exists()

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
-from freqtr_hf.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
-from freqtr_hf.token_schedule import PRUNING_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
+from freqtr_hf.models.freqvit.token_schedule import PRUNING_METHODS
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELD_NAMES = (*REDUCTION_FIELDS, "image_size", "patch_size", "num_hidden_layers")

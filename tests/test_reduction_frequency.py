@@ -3,14 +3,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freqtr_hf.reduction_frequency import (
+from freqtr_hf.models.freqvit.reduction_frequency import (
     high_frequency_scores,
     merge_into_dc_tokens,
     split_by_score,
     window_index,
     window_transfer,
 )
-from freqtr_hf.token_state import group_means, group_sums
+from freqtr_hf.models.freqvit.token_state import group_means, group_sums
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,12 +7,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
-from freqtr_hf.configuration_freqvit import REDUCTION_FIELDS
-from freqtr_hf.reducers import FrequencyReducer
-from freqtr_hf.reduction_frequency import (
+from freqtr_hf.models.freqvit.configuration_freqvit import REDUCTION_FIELDS
+from freqtr_hf.models.freqvit.reducers import FrequencyReducer
+from freqtr_hf.models.freqvit.reduction_frequency import (
     absorb_into_kept_tokens, merge_into_dc_tokens, nearest_destinations, split_by_redundancy, split_by_score,
 )
-from freqtr_hf.token_state import TokenState
+from freqtr_hf.models.freqvit.token_state import TokenState
 
 from conftest import tiny_config
 

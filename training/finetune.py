@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
 from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
 from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets
@@ -51,7 +51,7 @@ from freqtr_hf.runs import (
     OutputRefused, RunInUseError, check_output_folder, exclusive_use, replace_folder, staged_folder, write_atomically,
     write_figure, write_marker,
 )
-from freqtr_hf_cli import (
+from freqtr_hf.cli import (
     HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
 )
 

@@ -14,11 +14,11 @@ import argparse
 from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
 from freqtr_hf import FreqViTForImageClassification
-from freqtr_hf.configuration_freqvit import REDUCTION_METHODS
+from freqtr_hf.models.freqvit.configuration_freqvit import REDUCTION_METHODS
 from freqtr_hf.evaluation import label_names, load_images
 
 from finetune import class_names, loading, make_collate, model_input_size, random_resized_crop_and_flip
-from freqtr_hf_cli import positive_int
+from freqtr_hf.cli import positive_int
 
 
 def main(argv: list[str] | None = None) -> Trainer:

@@ -6,18 +6,16 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .token_schedule import (
-    KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, ReductionStage, check_stages, pair, patch_grid,
+from .methods import (  # noqa: F401 - the method lists, also read from here
+    FREQ_PRESETS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, REDUCTION_METHODS, SCORE_SOURCES,
+    TRAINING_FREE_FREQ, TRAINING_FREE_METHODS,
 )
+from .token_schedule import ReductionStage, check_stages, pair, patch_grid
 
 
-REDUCTION_METHODS = ("none", "freq", "evit", *PRUNING_METHODS, *MERGING_METHODS)
-# The methods that need no training: they run on any pretrained ViT as it is.
-TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
 RADIAL_NORMS = ("l1", "l2", "linf")
 DC_UPDATES = ("count_weighted", "token_mean")
 DC_EMPTY_FILLS = ("global_mean", "zeros")
-SCORE_SOURCES = ("attention", "logits")
 LOW_FREQUENCY_MERGES = ("dc_window", "nearest")
 MERGE_FEATURES = ("keys", "hidden_states")
 REDUCTION_FIELDS = (
@@ -26,24 +24,6 @@ REDUCTION_FIELDS = (
     "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
     "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool",
 )
-# The best frequency-aware model without training (docs/training_free.md): config overrides for `from_pretrained`.
-# It leaves the token budget (reduction_layers, keep_rate, dc_window_sizes) alone, so the MACs are the paper's.
-TRAINING_FREE_FREQ = {
-    "low_frequency_merge": "nearest",
-    "merge_features": "hidden_states",
-    "proportional_attention": True,
-    "dc_key_weight_exponent": 0.5,
-    "low_frequency_pool": 0.25,
-}
-# `freq`'s option sets by name, for the commands' `--preset`: the paper's method (its values of the fields the
-# training-free model sets, so that it also resets a checkpoint saved with them), and the training-free model
-FREQ_PRESETS = {
-    "paper": {
-        "low_frequency_merge": "dc_window", "merge_features": "hidden_states", "proportional_attention": False,
-        "dc_key_weight_exponent": 1.0, "low_frequency_pool": 0.0,
-    },
-    "training_free": TRAINING_FREE_FREQ,
-}
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
@@ -305,5 +285,8 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
 
+
+# save_pretrained copies this module (and the config's auto_map names it), for trust_remote_code=True
+FreqViTConfig.register_for_auto_class()
 
 __all__ = ["FreqViTConfig"]

@@ -8,17 +8,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .methods import FIXED_OUTPUT_METHODS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS  # noqa: F401
+
 if TYPE_CHECKING:
     from .configuration_freqvit import FreqViTConfig
-
-
-# Pruning keeps candidates and drops the rest; merging turns every non-CLS token into k merged tokens.
-PRUNING_METHODS = ("topk", "radial", "ats", "dynamicvit")
-MERGING_METHODS = ("tome", "kmedoids", "dpcknn", "sit", "patchmerger", "sinkhorn")
-# Soft merging into as many learned outputs as the configured patch grid gives: they run on that grid only.
-FIXED_OUTPUT_METHODS = ("sit", "patchmerger", "sinkhorn")
-# Methods that weight attention keys with an additive bias (ToMe's sizes, ATS's padding, DynamicViT's training mask).
-KEY_WEIGHT_METHODS = ("tome", "ats", "dynamicvit")
 
 
 @dataclass(frozen=True)

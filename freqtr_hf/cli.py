@@ -1,7 +1,9 @@
-"""The `freqtr-hf` command line: argument parsing only, so that `--help` answers at once.
+"""The `freqtr-hf` command line: argument parsing and the checks of local paths, so that `--help` and a mistyped
+folder answer at once.
 
-The commands import torch and transformers only once their arguments are parsed; the work itself is in
-`freqtr_hf.commands`, thin over the library.
+The commands import torch and transformers only once their arguments are parsed and checked; the work itself is in
+`freqtr_hf.commands`, thin over the library. The lists of methods, presets, devices and dtypes are the library's own
+(`models.freqvit.methods`, `devices`), which import nothing heavy.
 """
 
 import argparse
@@ -10,16 +12,10 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# The library's names, repeated so that parsing needs no import of torch: `tests/test_cli.py` checks they match
-# `freqtr_hf.configuration_freqvit`.
-REDUCTION_METHODS = (
-    "none", "freq", "evit", "topk", "radial", "ats", "dynamicvit", "tome", "kmedoids", "dpcknn", "sit",
-    "patchmerger", "sinkhorn",
-)
-TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
-FREQ_PRESETS = ("paper", "training_free")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+from .devices import DEVICE_CHOICES, DTYPE_CHOICES
+from .models.freqvit.methods import FREQ_PRESETS, REDUCTION_METHODS, SCORE_SOURCES, TRAINING_FREE_METHODS
+from .sources import check_local_paths
+
 DEFAULT_MODEL = "facebook/deit-tiny-patch16-224"
 DEFAULT_DATA = "frgfm/imagenette"
 DEFAULT_DATA_CONFIG = "320px"  # that dataset's configurations are full_size, 320px and 160px
@@ -127,9 +123,9 @@ def add_reduction_arguments(parser: argparse.ArgumentParser) -> None:
         help="freq: DC windows per reduction layer" + CHECKPOINT_DEFAULT.format("2 1 1"),
     )
     parser.add_argument("--tome-r", type=positive_int, help="tome: merge r tokens in every block (the original ToMe)")
-    parser.add_argument("--preset", choices=FREQ_PRESETS, help=PRESET_HELP + CHECKPOINT_DEFAULT.format("paper"))
+    parser.add_argument("--preset", choices=list(FREQ_PRESETS), help=PRESET_HELP + CHECKPOINT_DEFAULT.format("paper"))
     parser.add_argument(
-        "--score-source", choices=("attention", "logits"),
+        "--score-source", choices=SCORE_SOURCES,
         help="freq: rank tokens by the attention matrix, or by attention logits (no attention matrix, fused kernels)"
         + CHECKPOINT_DEFAULT.format("attention"),
     )
@@ -168,8 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(export, dtype=False)  # the weights are written as the checkpoint holds them
     export.add_argument("--method", default="freq", choices=REDUCTION_METHODS[1:], help="reduction method")
     add_reduction_arguments(export)
-    export.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
-    export.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
+    export.add_argument("--output", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier export in --output (a folder holding anything else is never replaced)",
+    )
     export.add_argument("--data", help="optional: measure top-1 and agreement on these images for the model card")
     export.add_argument("--every", type=positive_int, default=1, help="with --data: every N-th image")
     export.add_argument("--synsets", help="with --data: class list mapping folder wnids to the model's classes")
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods to analyse. One or more of: {', '.join(REDUCTION_METHODS[1:])}",
     )
     analyze.add_argument("--keep-rates", type=keep_rate, nargs="+", default=[0.5, 0.7, 0.9], help="keep rates")
-    analyze.add_argument("--preset", choices=FREQ_PRESETS, default="paper", help=PRESET_HELP)
+    analyze.add_argument("--preset", choices=list(FREQ_PRESETS), default="paper", help=PRESET_HELP)
     analyze.add_argument("--output", required=True, help="folder for report.json, report.md and the figures")
     return parser
 
@@ -210,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "dataset_config") and args.dataset_config is None and args.data == DEFAULT_DATA:
         args.dataset_config = DEFAULT_DATA_CONFIG
     try:
-        from freqtr_hf import commands
+        check_local_paths(args)
+    except ValueError as error:
+        print(f"freqtr-hf: {error}", file=sys.stderr)
+        return 2
+    try:
+        from . import commands
 
         return getattr(commands, f"run_{args.command}")(args)
     except KeyboardInterrupt:

@@ -489,6 +489,10 @@ class FreqViTForImageClassification(FreqViTPreTrainedModel):
         )
 
 
+# save_pretrained copies this module and those it imports beside the weights, for trust_remote_code=True
+FreqViTModel.register_for_auto_class("AutoModel")
+FreqViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
 __all__ = [
     "FreqViTForImageClassification",
     "FreqViTModel",

@@ -1,0 +1,1 @@
+"""The model families, a folder each: the code a saved model carries, and nothing else."""
