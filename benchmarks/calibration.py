@@ -28,7 +28,7 @@ from methods import shared_asset  # noqa: E402
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS  # noqa: E402
 from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images  # noqa: E402
-from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
+from freqtr_hf.runs import BENCHMARK_KIND, check_output_file, write_json  # noqa: E402
 from freqtr_hf.cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 
 FINETUNE = Path(__file__).parents[1] / "training" / "finetune.py"
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
     if args.output:  # before any work: never a file this project did not write
-        check_output_file(args.output, "--output")
+        check_output_file(args.output, "--output", BENCHMARK_KIND)
 
     splits = domain_splits(args)
     trained = {(start, mode, domain): train(args, start, mode, domain, data)
@@ -129,7 +129,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(
             f"{100 * cells[d]['top1']:.1f} / {100 * cells[d]['agreement']:.1f}" for d in splits) + " |")
     if args.output:
-        write_json(args.output, {"rows": rows})
+        write_json(args.output, {"rows": rows}, BENCHMARK_KIND)
 
 
 if __name__ == "__main__":

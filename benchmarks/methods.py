@@ -23,7 +23,7 @@ from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.evaluation import (
     build_models, compare_methods, format_table, label_mapping, label_names, load_images,
 )
-from freqtr_hf.runs import check_output_file, write_figure, write_json
+from freqtr_hf.runs import BENCHMARK_KIND, FIGURE, check_output_file, write_figure, write_json
 from freqtr_hf.cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 
 
@@ -115,9 +115,9 @@ def main() -> None:
     parser.add_argument("--output", help="write all rows as JSON here")
     parser.add_argument("--plot", help="write the accuracy-against-GMACs plot here (PNG)")
     args = parser.parse_args()
-    for flag in ("--output", "--plot"):  # before any work: never a file this project did not write
+    for flag, kind in (("--output", BENCHMARK_KIND), ("--plot", FIGURE)):  # before any work: never a file this project did not write
         if getattr(args, flag[2:], None):
-            check_output_file(getattr(args, flag[2:]), flag)
+            check_output_file(getattr(args, flag[2:]), flag, kind)
     check_shared_data_arguments(parser, args)
 
     device = resolve_device(args.device)
@@ -144,7 +144,7 @@ def main() -> None:
             print(format_table(results), flush=True)
             rows += [r.__dict__ | {"keep_rate": keep_rate, "data": data, "images": len(dataset)} for r in results]
     if args.output:
-        write_json(args.output, {"rows": rows})
+        write_json(args.output, {"rows": rows}, BENCHMARK_KIND)
     if args.plot:
         plot(rows, args.plot)
 

@@ -37,7 +37,7 @@ from freqtr_hf.fingerprint import slug  # noqa: E402
 from freqtr_hf.evaluation import (  # noqa: E402
     EvaluationState, build_models, compare_methods, label_mapping, label_names, load_images, run_fingerprint,
 )
-from freqtr_hf.runs import check_output_file, write_json  # noqa: E402
+from freqtr_hf.runs import BENCHMARK_KIND, check_output_file, write_json  # noqa: E402
 from freqtr_hf.cli import positive_int  # noqa: E402
 
 
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--output", help="write all rows as JSON here")
     args = parser.parse_args()
     if args.output:  # before any work: never a file this project did not write
-        check_output_file(args.output, "--output")
+        check_output_file(args.output, "--output", BENCHMARK_KIND)
     check_shared_data_arguments(parser, args)
 
     processor = AutoImageProcessor.from_pretrained(args.model)
@@ -189,7 +189,7 @@ def main() -> None:
             print(preset_against_best(data_rows, state, args.keep_rates), flush=True)
         rows += data_rows
     if args.output:
-        write_json(args.output, {"rows": rows})
+        write_json(args.output, {"rows": rows}, BENCHMARK_KIND)
 
 
 if __name__ == "__main__":

@@ -690,8 +690,6 @@ def run_analysis(
     check_output_folder(output, "--output", ANALYSIS_FOLDER)  # before any work: a folder of ours, or empty
     with exclusive_use(output, "--output"):  # two runs on one folder would overwrite each other's caches
         check_output_folder(output, "--output", ANALYSIS_FOLDER)
-        Path(output).mkdir(parents=True, exist_ok=True)
-        write_marker(Path(output), ANALYSIS_FOLDER)
         FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
         target = resolve_device(device)
         print(f"freqtr-hf analyze: {len(methods)} methods x {len(keep_rates)} keep rates on {describe(target)}")
@@ -705,6 +703,8 @@ def run_analysis(
                 )
         for module in models.values():
             module.to(target).eval()
+        Path(output).mkdir(parents=True, exist_ok=True)  # the models are built: the settings hold
+        write_marker(Path(output), ANALYSIS_FOLDER)
         config = models["none"].config
         noise_layers = tuple(options.noise_layers if options.noise_layers is not None else config.reduction_layers)
         processor = AutoImageProcessor.from_pretrained(model)

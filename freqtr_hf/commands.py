@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 
 from .models.freqvit.configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
-from .evaluation import format_table, results_json, run_evaluation
+from .evaluation import RESULTS_KIND, STATE_KIND, format_table, results_json, run_evaluation
 from .runs import check_output_file, write_atomically
 from .publishing import PublishError
 
@@ -41,10 +41,10 @@ def prepare_output_files(args: argparse.Namespace) -> None:
     their folders and check that they take files, so that a long run never fails at its end for want of one."""
     if args.output and args.state_file and Path(args.output).resolve() == Path(args.state_file).resolve():
         raise ValueError("--output: the results would overwrite the --state-file; give them different files")
-    for flag in ("--output", "--state-file"):
+    for flag, kind in (("--output", RESULTS_KIND), ("--state-file", STATE_KIND)):
         path = getattr(args, flag[2:].replace("-", "_"), None)
-        if path:
-            check_output_file(path, flag)
+        if path is not None:
+            check_output_file(path, flag, kind)
 
 
 def offline_hint() -> str:

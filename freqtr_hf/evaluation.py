@@ -31,6 +31,8 @@ from .macs import count_macs
 from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .runs import PRODUCER, check_output_file, exclusive_use, stamp, write_atomically
 
+RESULTS_KIND, STATE_KIND = "evaluation results", "evaluation state"  # what evaluate's files hold (see runs)
+
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 METRIC_SCRIPT = str(Path(__file__).parent / "metrics" / "top1_agreement.py")
@@ -213,6 +215,7 @@ class EvaluationState:
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     written_by: str = PRODUCER
+    kind: str = STATE_KIND
 
     @classmethod
     def start(cls, fingerprint: dict, methods: list[str]) -> "EvaluationState":
@@ -227,6 +230,7 @@ class EvaluationState:
             state = cls(**saved)
             consistent = (
                 state.written_by == PRODUCER
+                and state.kind == STATE_KIND
                 and isinstance(state.done, int)
                 and 0 <= state.done <= total
                 and set(state.predictions) == set(state.seconds) == set(methods)
@@ -267,7 +271,7 @@ def compare_methods(
     resumes; a finished run re-reports its results; a second run on a state file in use is refused. Returns the
     rows and the images skipped as unreadable."""
     if state_file:
-        check_output_file(state_file, "--state-file")
+        check_output_file(state_file, "--state-file", STATE_KIND)
     with exclusive_use(state_file, "--state-file") if state_file else nullcontext():
         state = predict_in_turns(
             models, dataset, processor, label_of, batch_size, state_file, fingerprint or {}, restart, skip_bad_images
@@ -395,7 +399,7 @@ def format_table(results: list[MethodResult]) -> str:
 
 
 def results_json(results: list[MethodResult], **run) -> str:
-    return json.dumps(stamp({**run, "results": [asdict(r) for r in results]}), indent=2)
+    return json.dumps(stamp({**run, "results": [asdict(r) for r in results]}, RESULTS_KIND), indent=2)
 
 
 

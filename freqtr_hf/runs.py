@@ -2,18 +2,22 @@
 
 The policy: nothing the project did not write is ever deleted or replaced.
 - A file output (`evaluate --output`, `--state-file`, a benchmark's `--output` or `--plot`) may be a new path or a
-  file the project wrote (a JSON object with `"written_by": "freqtr-hf"`, a PNG with that text chunk); a symlink, a
-  folder, a device or any other file is refused before any work, and the folder it goes into must take a file.
+  file the project wrote of the same kind (a JSON object with `"written_by": "freqtr-hf"` and its `"kind"`, a PNG
+  with that text chunk); a symlink, a folder, a device, a folder's marker or any other file is refused before any
+  work, and the folder it goes into must take a file.
 - A folder output carries a marker, `.freqtr-hf.json`, saying which kind of folder it is and, for a folder that is
-  replaced whole (a model folder), the files it holds. A non-empty folder without the marker, of another kind, or
-  holding files the marker does not list, is refused, naming those files.
-- Writes go to hidden, uniquely named temporary files and folders beside the output, created by this run and
-  removed by it; they cannot collide with a user's `<output>.tmp` or `<output>.old`.
+  replaced whole (a model folder), the SHA-256 of every file it holds. A non-empty folder without the marker, of
+  another kind, or holding a file the marker does not list or that changed since, is refused, naming those files.
+- Writes go to hidden, uniquely named temporary files and folders beside the output, created by a run and removed
+  by it, or by the next run on the same output if a kill stopped it; they cannot collide with a user's
+  `<output>.tmp` or `<output>.old`.
 - The lock beside an output is removed when the run ends.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -27,6 +31,10 @@ MARKER = ".freqtr-hf.json"
 MODEL_FOLDER = "model"  # a folder kind replaced whole: weights, config, code, processor, card
 SHOWN_FILES = 5  # the files a refusal names before "and N more"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURE = "figure"
+BENCHMARK_KIND = "benchmark results"  # the rows a benchmark script writes
+# the names mkstemp/mkdtemp give this module's temporaries of an output NAME: .NAME.<8 characters>.<suffix>
+TEMPORARY_SUFFIXES = ("staging", "replaced", "partial", "probe")
 
 
 class OutputRefused(ValueError):
@@ -37,13 +45,15 @@ class RunInUseError(ValueError):
     """A state file or output folder is held by another run."""
 
 
-def stamp(record: dict) -> dict:
-    """A JSON record as the project writes it: with `"written_by"`, so that a later run knows it may replace it."""
-    return {"written_by": PRODUCER, **record}
+def stamp(record: dict, kind: str) -> dict:
+    """A JSON record as the project writes it: with `"written_by"` and its `"kind"`, so that a later run knows it may
+    replace it, and with what."""
+    return {"written_by": PRODUCER, "kind": kind, **record}
 
 
-def written_by_project(path: Path) -> bool:
-    """Whether a regular file is one the project wrote: a JSON object (see `stamp`) or a PNG (see `write_figure`)."""
+def project_kind(path: Path) -> str | None:
+    """The kind of a regular file the project wrote (a JSON record's `"kind"`, `FIGURE` for a PNG of
+    `write_figure`), None for any other file."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(len(PNG_SIGNATURE))
@@ -51,17 +61,24 @@ def written_by_project(path: Path) -> bool:
                 from PIL import Image
 
                 with Image.open(path, formats=["PNG"]) as image:
-                    return getattr(image, "text", {}).get("written_by") == PRODUCER
+                    return FIGURE if getattr(image, "text", {}).get("written_by") == PRODUCER else None
             record = json.loads(head + handle.read(64 << 20))
     except (OSError, ValueError, SyntaxError):
-        return False
-    return isinstance(record, dict) and record.get("written_by") == PRODUCER
+        return None
+    if not isinstance(record, dict) or record.get("written_by") != PRODUCER:
+        return None
+    return str(record.get("kind"))
 
 
-def check_output_file(path: str | os.PathLike, flag: str) -> Path:
-    """Refuse, before any work, a file output the run may not write; create its folder and check that it takes a
-    file. Returns the path."""
-    path = Path(path)
+def check_output_file(path: str | os.PathLike, flag: str, kind: str) -> Path:
+    """Refuse, before any work, a file output the run may not write (one of `kind` may be replaced); create its
+    folder and check that it takes a file. Returns the path."""
+    text = os.fspath(path)
+    if not text or text.endswith(("/", os.sep)):
+        raise OutputRefused(f"{flag}: {text!r} is no file name; give the path of a file")
+    path = Path(text)
+    if path.name == MARKER:
+        raise OutputRefused(f"{flag}: {path} is the marker of a folder freqtr-hf wrote; give another file name")
     if path.is_symlink():
         raise OutputRefused(f"{flag}: {path} is a symbolic link; give the path of a regular file")
     if path.exists():
@@ -70,10 +87,13 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
             raise OutputRefused(f"{flag}: {path} is a folder; give a file name")
         if not stat.S_ISREG(mode):
             raise OutputRefused(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
-        if not written_by_project(path):
+        found = project_kind(path)
+        if found is None:
             raise OutputRefused(
                 f"{flag}: {path} exists and was not written by freqtr-hf; it is left as it is: give a new file name"
             )
+        if found != kind:
+            raise OutputRefused(f"{flag}: {path} holds freqtr-hf's {found}, not {kind}; give another file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -110,9 +130,9 @@ def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
         raise
 
 
-def write_json(path: str | os.PathLike, record: dict) -> None:
-    """A JSON record, stamped as the project's (`stamp`), written atomically."""
-    write_atomically(path, json.dumps(stamp(record), indent=2) + "\n")
+def write_json(path: str | os.PathLike, record: dict, kind: str) -> None:
+    """A JSON record of `kind`, stamped as the project's (`stamp`), written atomically."""
+    write_atomically(path, json.dumps(stamp(record, kind), indent=2) + "\n")
 
 
 def write_figure(figure, path: str | os.PathLike, dpi: int = 110) -> None:
@@ -133,16 +153,23 @@ def _umask() -> int:
 def read_marker(folder: Path) -> dict | None:
     """A folder's marker (`{"written_by", "kind", "files"?}`), None where it has none or an unreadable one."""
     marker = folder / MARKER
-    if marker.is_symlink() or not marker.is_file() or not written_by_project(marker):
+    if marker.is_symlink() or not marker.is_file() or project_kind(marker) is None:
         return None
     record = json.loads(marker.read_text())
-    return record if isinstance(record.get("kind"), str) else None
+    files = record.get("files", {})
+    return record if isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) else None
 
 
 def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> None:
-    """Mark `folder` as a `kind` folder the project wrote; `files` lists what a folder replaced whole holds."""
-    record = stamp({"kind": kind, **({"files": sorted(files)} if files is not None else {})})
-    write_atomically(folder / MARKER, json.dumps(record, indent=1) + "\n")
+    """Mark `folder` as a `kind` folder the project wrote; `files` lists what a folder replaced whole holds, each
+    with its SHA-256, so that a file changed or added since is never replaced."""
+    record = {"files": {name: file_sha256(folder / name) for name in sorted(files)}} if files is not None else {}
+    write_atomically(folder / MARKER, json.dumps(stamp(record, kind), indent=1) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def foreign_files(folder: Path, kind: str) -> list[str]:
@@ -154,8 +181,17 @@ def foreign_files(folder: Path, kind: str) -> list[str]:
         return sorted(f"{p.name}/" if p.is_dir() and not p.is_symlink() else p.name for p in folder.iterdir())
     if "files" not in marker:
         return []
-    listed = set(marker["files"]) | {MARKER}
-    return [name for name in sorted(_relative_files(folder)) if name not in listed]
+    listed = marker["files"]
+    foreign = []
+    for name in sorted(_relative_files(folder)):
+        if name == MARKER:
+            continue
+        path = folder / name
+        if name not in listed or path.is_symlink() or not path.is_file():
+            foreign.append(name)
+        elif file_sha256(path) != listed[name]:
+            foreign.append(f"{name} (changed since)")
+    return foreign
 
 
 def _relative_files(folder: Path) -> Iterator[str]:
@@ -174,6 +210,8 @@ def check_output_folder(folder: str | os.PathLike, flag: str, kind: str, overwri
     files the project did not write (named), and, where `overwrite_flag` is given, a non-empty folder without
     `overwrite`. Creates the parent folder and checks that it takes new files. Returns the folder."""
     folder = Path(folder)
+    if not os.fspath(folder) or Path.cwd().is_relative_to(folder.resolve()):
+        raise OutputRefused(f"{flag}: {os.fspath(folder)!r} is the current folder or one above it; give a folder below it")
     if folder.is_symlink():
         raise OutputRefused(f"{flag}: {folder} is a symbolic link; give a folder path")
     if folder.exists() and not folder.is_dir():
@@ -210,7 +248,7 @@ def staged_folder(folder: str | os.PathLike, kind: str = MODEL_FOLDER) -> Iterat
     and replaces `folder`, whose previous content (checked by `check_output_folder`) is moved to a hidden folder
     and removed last, so that a kill at any moment leaves the old or the new folder complete under its name. On
     failure the staging folder, this run's own, is removed."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".staging"))
     try:
@@ -231,7 +269,11 @@ def replace_folder(source: Path, target: Path) -> None:
         return
     backup = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".replaced"))
     os.replace(target, backup)  # onto the empty folder just made: a rename
-    os.replace(source, target)
+    try:
+        os.replace(source, target)
+    except BaseException:  # interrupted between the renames: the old folder goes back under its name
+        os.replace(backup, target)
+        raise
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -271,8 +313,19 @@ def exclusive_use(path: str | os.PathLike, flag: str) -> Iterator[None]:
             break
         os.close(descriptor)
     try:
+        remove_stale_temporaries(Path(os.path.realpath(path)))
         yield
     finally:
         with suppress(OSError):
             os.unlink(lock_file)  # while held: a run waiting on this file sees it gone and takes a new one
         os.close(descriptor)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries a killed run left beside `path` (hidden, named by this module for this output alone);
+    called under the output's lock, so no run is writing them."""
+    pattern = re.compile(rf"\.{re.escape(path.name[:64])}\.[A-Za-z0-9_]{{8}}\.({'|'.join(TEMPORARY_SUFFIXES)})")
+    with suppress(OSError):
+        for entry in path.parent.iterdir():
+            if pattern.fullmatch(entry.name) and not entry.is_symlink():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -11,6 +11,8 @@ Environment:
     FREQTR_QUEUE_SIZE  requests that may wait (default 16); beyond that, Gradio asks the user to try again
     FREQTR_MAX_GMACS   the largest model served, in GMACs per image unreduced (default 20: ViT-B/16 at 224 px is
                        17.6); a bigger one is refused from its config, before its weights load
+    FREQTR_MAX_MPARAMS the largest model served, in millions of parameters (default 100: ViT-B is 86), also
+                       checked from its config
     FREQTR_MAX_UPLOAD_MB  the largest upload (default 20)
 
 Each model loads once, and its reduced variants share its parameter tensors. What the Space accepts, bounds and
@@ -31,6 +33,7 @@ import gradio as gr
 import numpy as np
 import torch
 from huggingface_hub import HfApi, is_offline_mode
+from huggingface_hub.constants import HF_HUB_CACHE
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,6 +47,7 @@ from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image
+from freqtr_hf.macs import count_parameters
 from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary
 
 FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
@@ -58,7 +62,10 @@ PRESET_METHOD = "freq, training-free preset"
 # the Method box: every training-free method as it is, and freq with `TRAINING_FREE_FREQ` (method, config overrides)
 METHODS = {**{method: (method, {}) for method in TRAINING_FREE_METHODS}, PRESET_METHOD: ("freq", TRAINING_FREE_FREQ)}
 MAX_GMACS = float(os.environ.get("FREQTR_MAX_GMACS", "20"))
+MAX_MPARAMS = float(os.environ.get("FREQTR_MAX_MPARAMS", "100"))
+MAX_CLASSES = 100_000
 MAX_UPLOAD_MB = float(os.environ.get("FREQTR_MAX_UPLOAD_MB", "20"))
+MAX_UPLOAD_PIXELS = 16_000_000  # decoded, a 16 MP image is at most ~0.3 GB even as float TIFF
 UPLOAD_LIFETIME_S = 900  # Gradio's cache of uploads is emptied of files older than this, every 5 minutes
 SHOWN_CHARACTERS = 80  # of a user's text echoed in a message
 # an absolute path of two or more parts: a message shows its last part only
@@ -115,8 +122,13 @@ def shorten(text: str) -> str:
 
 
 def public_message(text: str) -> str:
-    """One line for the user: the first line of `text`, each absolute path cut to its last part."""
+    """One line for the user: the first line of `text`, with the server's folders (those the Space knows of, then
+    any absolute path) cut to their last part."""
     line = (str(text).strip().splitlines() or [""])[0]
+    roots = {*map(str, allowed_model_dirs()), str(Path.cwd()), str(Path.home()), tempfile.gettempdir(),
+             os.path.dirname(default_model().rstrip("/")), HF_HUB_CACHE}
+    for root in sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True):
+        line = line.replace(root.rstrip("/") + "/", "")
     return SERVER_PATH.sub(r"\1", line)[:300]
 
 
@@ -140,13 +152,19 @@ def one_line_answers(handler):
 def check_cost(source: str, local_files_only: bool) -> None:
     """Refuse, from its config alone, a model costlier than `MAX_GMACS` per image: a request must not cost what a
     model's config says."""
-    config = FreqViTConfig.from_pretrained(source, reduction_method="none", local_files_only=local_files_only)
-    gmacs = count_macs(config) / 1e9
+    config_dict, _ = FreqViTConfig.get_config_dict(source, local_files_only=local_files_only)
+    classes = max(int(config_dict.get("num_labels") or 0), len(config_dict.get("id2label") or {}))
+    if classes > MAX_CLASSES:  # checked first: the config would build a label table of that size
+        raise gr.Error(f"Model: {classes} classes is over this Space's limit of {MAX_CLASSES}; pick another model.")
+    config = FreqViTConfig.from_dict(config_dict, reduction_method="none")
+    gmacs, mparams = count_macs(config) / 1e9, count_parameters(config) / 1e6
+    shape = f"{config.image_size} px, {config.num_hidden_layers} layers, width {config.hidden_size}"
     if gmacs > MAX_GMACS:
-        raise gr.Error(
-            f"Model: {gmacs:.0f} GMACs per image ({config.image_size} px, {config.num_hidden_layers} layers, width "
-            f"{config.hidden_size}) is over this Space's limit of {MAX_GMACS:g}; pick a smaller model."
-        )
+        raise gr.Error(f"Model: {gmacs:.0f} GMACs per image ({shape}) is over this Space's limit of {MAX_GMACS:g}; "
+                       "pick a smaller model.")
+    if mparams > MAX_MPARAMS:
+        raise gr.Error(f"Model: {mparams:.0f} M parameters ({shape}, {config.num_labels} classes) is over this "
+                       f"Space's limit of {MAX_MPARAMS:g} M; pick a smaller model.")
 
 
 def hub_unreachable(model_id: str) -> str | None:
@@ -238,7 +256,7 @@ def read_upload(upload: str | dict | None) -> Image.Image:
     if size > MAX_UPLOAD_MB * 1e6:
         raise gr.Error(f"{shorten(shown)}: {size / 1e6:.1f} MB is over this Space's limit of {MAX_UPLOAD_MB:g} MB.")
     try:
-        return read_image(path)
+        return read_image(path, max_pixels=MAX_UPLOAD_PIXELS)
     except ImageReadError as error:
         raise gr.Error(str(error).replace(str(path), shorten(shown))) from error  # not the server's path
 

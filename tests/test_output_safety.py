@@ -3,6 +3,7 @@ an exported folder names."""
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 
 from conftest import write_images, write_tiny_vit
 from freqtr_hf.exporting import export_model
+from freqtr_hf.evaluation import RESULTS_KIND, STATE_KIND
 from freqtr_hf.runs import (
-    MARKER, OutputRefused, check_output_file, check_output_folder, exclusive_use, lock_path, write_atomically,
-    write_json,
+    BENCHMARK_KIND, MARKER, OutputRefused, check_output_file, check_output_folder, exclusive_use, lock_path,
+    write_atomically, write_json, write_marker,
 )
 from freqtr_hf.cli import main
 
@@ -34,8 +36,8 @@ def user_files(folder: Path) -> dict[str, bytes]:
 
 def leftovers(folder: Path) -> list[str]:
     """Hidden temporaries and locks a run may leave in `folder`."""
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".lock", ".staging", ".replaced", ".partial",
-                                                                        ".probe")))
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".freqtr-hf.lock", ".staging", ".replaced",
+                                                                        ".partial", ".probe")))
 
 
 # ---- export
@@ -82,7 +84,7 @@ def test_an_earlier_export_needs_overwrite_and_is_then_replaced(tiny, tmp_path):
 
 
 def test_an_export_refused_at_the_root_leaves_no_lock(tiny):
-    with pytest.raises(OutputRefused, match="did not write"):
+    with pytest.raises(OutputRefused, match="is the current folder or one above it"):
         export_model(str(tiny / "model"), "/", REDUCTION, overwrite=True)
     assert not lock_path("/").exists()
 
@@ -142,7 +144,7 @@ def test_evaluate_replaces_its_own_output_and_keeps_the_users_tmp_file(tiny, tmp
         assert main(evaluate(tiny, "--output", str(output), "--state-file", str(state))) == 0
     assert json.loads(output.read_text())["written_by"] == "freqtr-hf"
     assert {k: v for k, v in user_files(tmp_path).items() if k in before} == before
-    assert leftovers(tmp_path) == ["results.json.lock"]  # the user's, as it was; none of the run's
+    assert leftovers(tmp_path) == [] and (tmp_path / "results.json.lock").read_text() == "the user's results.json.lock"
 
 
 def test_a_state_file_where_no_file_can_be_written_is_refused_before_the_run(tiny, capsys):
@@ -155,14 +157,26 @@ def test_a_benchmark_output_is_checked_before_it_runs(tmp_path):
     unrelated = tmp_path / "methods.json"
     unrelated.write_text("[1, 2, 3]")
     with pytest.raises(OutputRefused, match="was not written by freqtr-hf"):
-        check_output_file(unrelated, "--output")
-    write_json(tmp_path / "own.json", {"rows": []})
-    assert check_output_file(tmp_path / "own.json", "--output") == tmp_path / "own.json"
+        check_output_file(unrelated, "--output", BENCHMARK_KIND)
+    write_json(tmp_path / "own.json", {"rows": []}, BENCHMARK_KIND)
+    assert check_output_file(tmp_path / "own.json", "--output", BENCHMARK_KIND) == tmp_path / "own.json"
+
+
+def test_a_file_of_another_kind_a_marker_and_names_that_are_no_file_are_refused(tiny, tmp_path):
+    write_json(tmp_path / "state.json", {}, STATE_KIND)
+    with pytest.raises(OutputRefused, match="holds freqtr-hf's evaluation state, not evaluation results"):
+        check_output_file(tmp_path / "state.json", "--output", RESULTS_KIND)
+    export = export_model(str(tiny / "model"), str(tmp_path / "export"), REDUCTION)
+    with pytest.raises(OutputRefused, match="is the marker of a folder freqtr-hf wrote"):
+        check_output_file(export / MARKER, "--output", RESULTS_KIND)
+    for name in ("", str(tmp_path / "new") + "/"):
+        with pytest.raises(OutputRefused, match="is no file name"):
+            check_output_file(name, "--output", RESULTS_KIND)
 
 
 def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "results.json"
-    write_json(path, {"rows": [1]})
+    write_json(path, {"rows": [1]}, BENCHMARK_KIND)
 
     class Interrupted(str):  # Ctrl-C while the new content is written
         def encode(self, *args):
@@ -186,13 +200,27 @@ def test_analyze_refuses_a_users_folder_and_the_root(tiny, tmp_path, capsys):
     assert "holds files that freqtr-hf did not write there (report.md)" in capsys.readouterr().err
     assert (folder / "report.md").read_text() == "the user's report"
     assert main([*argv, "--output", "/"]) == 2
-    assert "did not write" in capsys.readouterr().err and not lock_path("/").exists()
+    assert "is the current folder or one above it" in capsys.readouterr().err and not lock_path("/").exists()
+
+
+def test_an_analysis_refused_for_its_settings_leaves_no_folder(tiny, tmp_path, capsys):
+    pytest.importorskip("scipy", reason="the analysis needs the analysis extra")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    plain = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+                      patch_size=8, num_labels=10)  # no schedule of its own: the default (3, 6, 9) does not fit
+    ViTForImageClassification(plain).save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "preprocessor_config.json").write_bytes((tiny / "model" / "preprocessor_config.json").read_bytes())
+    argv = ["analyze", "--model", str(tmp_path / "vit"), "--data", str(tiny / "data"), "--methods", "freq",
+            "--keep-rates", "0.7", "--device", "cpu", "--output", str(tmp_path / "report")]
+    assert main(argv) == 2
+    assert "reduction_layers" in capsys.readouterr().err and not (tmp_path / "report").exists()
 
 
 def test_a_folder_of_another_kind_is_refused(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
-    write_json(export / MARKER, {"kind": "model", "files": []})
+    write_marker(export, "model", [])
     with pytest.raises(OutputRefused, match="holds a model folder, not a report folder"):
         check_output_folder(export, "--output", "report")
 
@@ -205,3 +233,58 @@ def test_the_lock_is_removed_when_the_run_ends_and_a_second_run_is_refused(tmp_p
             with exclusive_use(tmp_path / "." / "out", "--output"):  # another spelling of the same path
                 pass
     assert not lock_path(path).exists() and leftovers(tmp_path) == []
+
+
+def test_a_hand_written_marker_or_a_changed_file_never_gets_a_file_replaced(tiny, tmp_path):
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "notes.txt").write_text("precious")
+    (forged / MARKER).write_text(json.dumps({"written_by": "freqtr-hf", "kind": "model", "files": ["notes.txt"]}))
+    edited = export_model(str(tiny / "model"), str(tmp_path / "edited"), REDUCTION)
+    with open(edited / "README.md", "a") as card:
+        card.write("\nthe user's own paragraph\n")
+    for folder, name in ((forged, "notes.txt"), (edited, "README.md (changed since)")):
+        before = user_files(folder)
+        with pytest.raises(OutputRefused, match=re.escape(name)):
+            export_model(str(tiny / "model"), str(folder), REDUCTION, overwrite=True)
+        assert user_files(folder) == before
+
+
+def test_the_current_folder_is_refused_as_an_output_folder(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for output in (".", "..", str(tmp_path)):
+        with pytest.raises(OutputRefused, match="is the current folder or one above it"):
+            export_model(str(tiny / "model"), output, REDUCTION)
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path.parent) == []
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next_run_on_that_output(tiny, tmp_path):
+    staging = tmp_path / ".X.k1ll3d_x.staging"  # as staged_folder names them
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half written")
+    (tmp_path / ".X.freqtr-hf.lock").write_text("")  # the killed run's lock, no longer held
+    (tmp_path / ".X.user-own.staging").mkdir()  # not a name of ours: left alone
+    export_model(str(tiny / "model"), str(tmp_path / "X"), REDUCTION)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".X.user-own.staging", "X"]
+
+
+def test_an_interruption_between_the_renames_puts_the_old_folder_back(tiny, tmp_path, monkeypatch):
+    output = export_model(str(tiny / "model"), str(tmp_path / "out"), REDUCTION)
+    before = user_files(output)
+    real_replace, calls = os.replace, []
+
+    def interrupted_second_rename(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_second_rename)
+    from freqtr_hf import runs
+
+    staging = tmp_path / "new"
+    staging.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        runs.replace_folder(staging, output)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert user_files(output) == before

@@ -63,11 +63,11 @@ def test_non_images_and_corrupt_files_get_a_clear_message_with_the_uploads_name(
     assert str(tmp_path) not in str(error.value)  # the server's folders stay private
 
 
-def test_an_image_over_40_megapixels_is_refused_before_decoding(tmp_path):
+def test_an_image_over_16_megapixels_is_refused_before_decoding(tmp_path):
     path = tmp_path / "huge.png"
     Image.new("1", (6500, 6400)).save(path)  # 41.6 megapixels, a few kB as a one-bit PNG
     start = time.perf_counter()
-    with pytest.raises(gr.Error, match=r"huge\.png: 6500x6400 is 42 megapixels, over the limit of 40"):
+    with pytest.raises(gr.Error, match=r"huge\.png: 6500x6400 is 42 megapixels, over the limit of 16"):
         app.read_upload(str(path))
     assert time.perf_counter() - start < 1.0  # refused from the header, not after decoding
 
@@ -464,15 +464,21 @@ def test_an_upload_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
         app.check_upload(str(upload))
 
 
-def test_a_model_too_costly_for_the_space_is_refused_from_its_config_in_under_a_second(model_dirs):
+@pytest.mark.parametrize(("change", "message"), [
+    ({"image_size": 4096}, r"Model: \d+ GMACs per image \(4096 px, 4 layers, width 32\) is over"),
+    ({"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 16384, "patch_size": 64},
+     r"Model: \d+ M parameters \(64 px, 4 layers, width 4096, 10 classes\) is over this Space.s limit of 100 M"),
+    ({"num_labels": 10_000_000, "id2label": None, "label2id": None}, r"Model: 10000000 classes is over"),
+], ids=["compute", "parameters", "classes"])
+def test_a_model_too_costly_for_the_space_is_refused_from_its_config_in_under_a_second(model_dirs, change, message):
     from conftest import write_tiny_vit
 
     folder = write_tiny_vit(model_dirs / "models" / "huge")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "image_size": 4096}))
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
     (folder / "model.safetensors").write_bytes(b"never read")
     start = time.perf_counter()
-    with pytest.raises(gr.Error, match=r"Model: \d+ GMACs per image \(4096 px, 4 layers, width 32\) is over"):
+    with pytest.raises(gr.Error, match=message):
         app.analyse(CAT, str(folder), "freq", 0.7, "2, 3", "2, 1")
     assert time.perf_counter() - start < 1.0
 
@@ -496,6 +502,7 @@ def test_refusals_and_failures_show_no_server_path(model_dirs, monkeypatch):
     def broken(source):
         raise OSError(f"[Errno 5] Input/output error: '{model_dirs}/models/deit/model.safetensors'")
 
+    assert app.public_message(f"cannot read {model_dirs}/models/secret dir/x.bin") == "cannot read secret dir/x.bin"
     monkeypatch.setattr(app, "load_model", broken)
     with pytest.raises(gr.Error) as error:
         app.analyse(CAT, str(model_dirs / "models" / "deit"), "freq", 0.7, "4, 7, 10", "2, 1, 1")

@@ -160,11 +160,19 @@ def test_an_output_dir_in_use_by_another_run_is_refused(tiny_run, tmp_path):
 def test_overwrite_output_dir_starts_afresh_and_removes_the_old_checkpoints(tiny_run, tmp_path):
     finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2"))
     (tmp_path / "notes.txt").write_text("kept")
-    results = finetune.main(run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--keep_rate", "0.5",
-                                     "--overwrite_output_dir"))
-    assert results["steps"] == 2
+    for name in ("model.old", "step_2.old"):  # the user's names, near the run's own
+        (tmp_path / name).mkdir()
+    (tmp_path / "results.json.tmp").write_text("kept")
+    (tmp_path / "step_6").write_text("a file where the run writes a checkpoint folder")
+    again = run_args(tiny_run, tmp_path, "--max_train_steps", "2", "--keep_rate", "0.5", "--overwrite_output_dir")
+    with pytest.raises(SystemExit, match="holds step_6, not as this script writes them; nothing was removed"):
+        finetune.main(again)
+    assert (tmp_path / "step_4").is_dir() and (tmp_path / "model").is_dir()
+    (tmp_path / "step_6").unlink()
+    assert finetune.main(again)["steps"] == 2
     assert not (tmp_path / "step_2").exists() and not (tmp_path / "step_4").exists()
-    assert (tmp_path / "notes.txt").read_text() == "kept"
+    assert (tmp_path / "notes.txt").read_text() == (tmp_path / "results.json.tmp").read_text() == "kept"
+    assert (tmp_path / "model.old").is_dir() and (tmp_path / "step_2.old").is_dir()
 
 
 @pytest.mark.parametrize(("flag", "value", "field"), [

@@ -196,14 +196,26 @@ def is_staged_model(path: Path) -> bool:
 
 
 def remove_previous_run(output_dir: Path) -> None:
-    """--overwrite_output_dir: remove what an earlier run wrote (checkpoints, model, results, logs, and the leftovers
-    of interrupted writes), so that no stale checkpoint is resumed later. Other files are left alone."""
+    """--overwrite_output_dir: remove what an earlier run wrote, by the exact names it writes (checkpoints and their
+    staging folders, model, results, logs), so that no stale checkpoint is resumed later. Other files are left
+    alone; an entry of such a name that is not what the run writes (a file where a folder belongs, a symlink) is
+    refused before anything is removed."""
+    folders, files = [], []
     for path in output_dir.iterdir():
-        name = path.name.removesuffix(".tmp").removesuffix(".old")
-        if CHECKPOINT.fullmatch(name) or name in ("model", TRACKER_PROJECT) or is_staged_model(path):
-            shutil.rmtree(path)
-        elif name in (RUN_FILE, "results.json", "learning_curve.png"):
-            path.unlink()
+        staged_checkpoint = CHECKPOINT.fullmatch(path.name.removesuffix(".tmp"))
+        if staged_checkpoint or path.name in ("model", TRACKER_PROJECT) or is_staged_model(path):
+            folders.append(path)
+        elif path.name in (RUN_FILE, "results.json", "learning_curve.png"):
+            files.append(path)
+    odd = [p.name for p in folders if p.is_symlink() or not p.is_dir()] + [
+        p.name for p in files if p.is_symlink() or not p.is_file()]
+    if odd:
+        raise SystemExit(f"--output_dir: {output_dir} holds {', '.join(sorted(odd))}, not as this script writes them; "
+                         "nothing was removed: move them away, or give another --output_dir")
+    for path in folders:
+        shutil.rmtree(path)
+    for path in files:
+        path.unlink()
 
 
 @contextmanager
