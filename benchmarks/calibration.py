@@ -27,7 +27,8 @@ from methods import shared_asset  # noqa: E402
 
 from freqtr_hf import FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS  # noqa: E402
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images  # noqa: E402
+from freqtr_hf.evaluation import build_models, compare_methods  # noqa: E402
+from freqtr_hf.data import label_mapping, label_names, load_images  # noqa: E402
 from freqtr_hf.runs import BENCHMARK_KIND, check_output_file, write_json  # noqa: E402
 from freqtr_hf.cli import HelpFormatter, keep_rate, positive_int  # noqa: E402
 

@@ -20,9 +20,8 @@ from transformers import AutoImageProcessor
 from freqtr_hf import FreqViTConfig, count_macs
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device
-from freqtr_hf.evaluation import (
-    build_models, compare_methods, format_table, label_mapping, label_names, load_images,
-)
+from freqtr_hf.evaluation import build_models, compare_methods, format_table
+from freqtr_hf.data import label_mapping, label_names, load_images
 from freqtr_hf.runs import BENCHMARK_KIND, FIGURE, check_output_file, write_figure, write_json
 from freqtr_hf.cli import HelpFormatter, positive_int, keep_rate as parse_keep_rate
 

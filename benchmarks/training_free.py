@@ -34,9 +34,8 @@ from methods import add_shared_data_arguments, check_shared_data_arguments, matc
 
 from freqtr_hf import TRAINING_FREE_FREQ  # noqa: E402
 from freqtr_hf.fingerprint import slug  # noqa: E402
-from freqtr_hf.evaluation import (  # noqa: E402
-    EvaluationState, build_models, compare_methods, label_mapping, label_names, load_images, run_fingerprint,
-)
+from freqtr_hf.data import label_mapping, label_names, load_images  # noqa: E402
+from freqtr_hf.evaluation import EvaluationState, build_models, compare_methods, run_fingerprint  # noqa: E402
 from freqtr_hf.runs import BENCHMARK_KIND, check_output_file, write_json  # noqa: E402
 from freqtr_hf.cli import positive_int  # noqa: E402
 

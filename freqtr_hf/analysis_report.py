@@ -29,7 +29,8 @@ from transformers import AutoImageProcessor
 from .analysis_figures import write_figures, write_markdown
 from .models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_METHODS, FreqViTConfig
 from .devices import describe, resolve_device
-from .evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images
+from .evaluation import METRIC_SCRIPT
+from .data import data_fingerprint, label_mapping, label_names, load_images, read_batch
 from .fingerprint import mismatch, model_digest, slug, value_digest
 from .frequency_analysis import (
     NOISE_SETS,
@@ -42,7 +43,6 @@ from .frequency_analysis import (
     relative_log_amplitude,
     token_set_similarity,
 )
-from .images import read_image
 from .macs import count_macs
 from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .pattern_analysis import (
@@ -281,13 +281,13 @@ def noise_statistics(
 
 
 def _batches(dataset: datasets.Dataset, processor, label_of: list[int], start: int, batch_size: int):
-    """(first index, pixel values, model labels) per batch from image `start` on, read with `read_image`."""
+    """(first index, pixel values, model labels) per batch from image `start` on, read by `read_batch` (an unreadable
+    image stops the analysis naming it: the statistics are kept per image index)."""
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))
     for first in range(start, len(dataset), batch_size):
-        rows = undecoded[first : first + batch_size]
-        images = [read_image(source) for source in rows["image"]]
-        labels = [label_of[label] for label in rows["label"]] if "label" in rows else [-1] * len(images)
-        yield first, processor(images, return_tensors="pt")["pixel_values"], np.array(labels)
+        rows = list(undecoded.select(range(first, min(first + batch_size, len(dataset)))))
+        pixels, labels, _, _ = read_batch(rows, processor, label_of, skip_flag=None)
+        yield first, pixels, np.array(labels)
 
 
 def run_jobs(

@@ -113,7 +113,7 @@ def model_card(
     """The model card of a FreqViT folder.
 
     `results` maps `"unreduced"`, `"before"` (reduced, not fine-tuned) and `"after"` (fine-tuned) to measurements
-    with `top1` (None without labels), `agreement` (with the unreduced model) and `images_per_second`. `training`
+    with `top1` (None without labels) and `agreement` (with the unreduced model). `training`
     is a Markdown paragraph on how the model was fine-tuned (None: it was not). `name` is the folder's name, used
     where there is no `repo_id`. `license` defaults to the base model's, else Apache-2.0."""
     results = results or {}
@@ -190,8 +190,7 @@ def _reduction_table(config: FreqViTConfig) -> str:
 
 
 def _results_section(results: dict, macs: dict, data: str | None, every: int, split: str | None) -> str:
-    header = ["## Results", "", "| model | top-1 % | agreement with unreduced % | GMACs | images/s |",
-              "|---|---|---|---|---|"]
+    header = ["## Results", "", "| model | top-1 % | agreement with unreduced % | GMACs |", "|---|---|---|---|"]
     rows = []
     for key, label in RESULT_ROWS.items():
         result = results.get(key)
@@ -200,11 +199,12 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
         result = result or {}
         rows.append(
             f"| {label} | {_percent(result.get('top1'))} | {_percent(result.get('agreement'))} "
-            f"| {macs['unreduced' if key == 'unreduced' else 'reduced']:.2f} "
-            f"| {_number(result.get('images_per_second'))} |"
+            f"| {macs['unreduced' if key == 'unreduced' else 'reduced']:.2f} |"
         )
+    speed = (" Speed is given as the GMACs, counted analytically: images/s depend on the machine, the batch and the "
+             "load, and one measurement is too noisy for a card (`freqtr-hf evaluate` measures them side by side).")
     if data is None:
-        note = "Accuracy was not measured (no evaluation data was given); GMACs are counted analytically."
+        note = "Accuracy was not measured (no evaluation data was given)." + speed
     else:
         source = f"the Hub dataset `{data}`" + (f" (split `{split}`)" if split else "") if is_hub_id(data) else (
             f"the local image folder `{public_name(data, parts=2)}`")
@@ -212,8 +212,7 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
         step = "every image" if every == 1 else f"every {every}{suffix} image (files sorted by path)"
         count = next((results[key]["images"] for key in RESULT_ROWS if (results.get(key) or {}).get("images")), None)
         step += f", {count} images" if count else ""
-        note = (f"Measured on {source}, {step}. Images/s were measured on the machine that built the model and "
-                "only compare the rows with each other.")
+        note = f"Measured on {source}, {step}." + speed
     return "\n".join(header + rows + ["", note])
 
 
@@ -250,10 +249,6 @@ print(pipeline("image-classification", model="{repo}", trust_remote_code=True)("
 
 def _percent(value: float | None) -> str:
     return f"{100 * value:.1f}" if value is not None else "–"
-
-
-def _number(value: float | None) -> str:
-    return f"{value:.1f}" if value else "–"
 
 
 def write_model_files(folder: Path, model, processor) -> None:

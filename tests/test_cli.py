@@ -21,7 +21,8 @@ import freqtr_hf.cli
 from freqtr_hf import FreqViTForImageClassification, count_macs
 from freqtr_hf.commands import one_line_errors
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_FREQ
-from freqtr_hf.evaluation import build_models, compare_methods, label_mapping, label_names, load_images
+from freqtr_hf.evaluation import build_models, compare_methods
+from freqtr_hf.data import label_mapping, label_names, load_images
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf.cli import main
 

@@ -187,3 +187,17 @@ def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(encoder(pixels).last_hidden_state, model.vit(pixels).last_hidden_state)
+
+
+def test_weights_given_as_a_state_dict_ask_no_hub(monkeypatch):
+    """transformers' own `from_pretrained(None, config=..., state_dict=...)`: no checkpoint, so no look-up."""
+    import freqtr_hf.models.freqvit.modeling_freqvit as modeling
+
+    looked_up = []
+    monkeypatch.setattr(modeling, "cached_file", lambda *args, **kwargs: looked_up.append(args))
+    model = FreqViTForImageClassification(tiny_config()).eval()
+    loaded = FreqViTForImageClassification.from_pretrained(None, config=model.config, state_dict=model.state_dict())
+    assert looked_up == []
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(pixels).logits, model(pixels).logits)

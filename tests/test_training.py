@@ -1,5 +1,6 @@
 """The fine-tuning script (accelerate, one CPU process), publishing, and the Trainer example, on tiny data."""
 
+import io
 import json
 import os
 import random
@@ -593,3 +594,38 @@ def test_two_processes_count_an_epoch_per_process_and_resume_exactly(tiny_run, t
     run_two_processes(run_args(tiny_run, resumed, *settings, "--resume_from_checkpoint", str(uninterrupted / "step_3")),
                       tmp_path / "resumed.log")
     assert_same_weights(uninterrupted / "model" / "model.safetensors", resumed / "model" / "model.safetensors")
+
+
+def test_the_trainer_example_saves_checkpoints_and_resumes_from_the_latest(tiny_run, tmp_path):
+    common = ["--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(tiny_run / "train"),
+              "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--save_steps", "2"]
+    trainer_example.main([*common, "--max_steps", "4"])
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    resumed = trainer_example.main([*common, "--max_steps", "6", "--resume_from_checkpoint", "latest"])
+    assert resumed.state.global_step == 6
+    assert len([entry for entry in resumed.state.log_history if "loss" in entry]) == 6  # 4 restored, 2 trained
+    with pytest.raises(SystemExit, match="holds no checkpoint to resume"):
+        trainer_example.main([*common[:4], "--output_dir", str(tmp_path / "new"), "--resume_from_checkpoint", "latest"])
+
+
+@pytest.mark.parametrize("script", ["finetune", "trainer_example"])
+def test_a_truncated_jpeg_stops_training_in_one_line_or_is_skipped(tiny_run, tmp_path, script):
+    train = tmp_path / "train"
+    write_images(train, ["class 0", "class 1"], 4)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    (train / "class 0" / "cut.jpg").write_bytes(jpeg.getvalue()[:200])
+
+    def run(output: str, *extra: str):
+        if script == "finetune":
+            return finetune.main([*run_args(tiny_run, tmp_path / output, "--max_train_steps", "2"), "--train_dir",
+                                  str(train), *extra])
+        return trainer_example.main(["--model_name_or_path", str(tiny_run / "model"), "--train_dir", str(train),
+                                     "--output_dir", str(tmp_path / output), "--max_steps", "2",
+                                     "--per_device_train_batch_size", "9", *extra])
+
+    with pytest.raises(SystemExit) as stop:
+        run("stopped")
+    message = str(stop.value)
+    assert "cut.jpg: not a readable image" in message and "pass --skip_bad_images" in message and "\n" not in message
+    run("skipping", "--skip_bad_images")

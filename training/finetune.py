@@ -41,9 +41,10 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
 from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
-from freqtr_hf.evaluation import METRIC_SCRIPT, data_fingerprint, label_mapping, label_names, load_images, read_synsets
+from freqtr_hf.evaluation import METRIC_SCRIPT
+from freqtr_hf.data import read_batch, class_names, data_fingerprint, label_mapping, label_names, load_images
 from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
-from freqtr_hf.images import read_image
+from freqtr_hf.images import ImageReadError
 from freqtr_hf.publishing import (
     PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, write_model_files,
 )
@@ -66,7 +67,7 @@ JOB_SETTINGS = (
     "dataset_name", "train_split", "validation_split", "validation_every", "max_train_samples",
     "per_device_train_batch_size", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
     "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps", "ema_decay", "distill_weight",
-    "distill_only", "seed", "eval_steps", "calibrate",
+    "distill_only", "seed", "eval_steps", "calibrate", "skip_bad_images",
 )  # and the reduction the flags, the preset and the checkpoint made: the student's REDUCTION_FIELDS, by name
 # transformers' schedulers that need nothing but warm-up and training steps (the others take extra arguments)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_samples", type=positive_int,
                         help="train on N images only, drawn at random (--seed) from the training data")
     parser.add_argument("--synsets", help="class list mapping folder names (wnids) to the pretrained head's classes")
+    parser.add_argument("--skip_bad_images", action="store_true",
+                        help="skip unreadable images (each named on stderr) instead of stopping at the first")
     parser.add_argument("--output_dir", required=True, help="checkpoints, model/, results.json, learning_curve.png")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start afresh in a non-empty --output_dir, removing the previous run's checkpoints and outputs")
@@ -261,20 +264,24 @@ def random_resized_crop_and_flip(
     return torch.cat(crops)
 
 
-def make_collate(processor, label_of: list[int], train: bool):
-    """Preprocess a batch of rows: each image read by `read_image` (any mode to 8-bit RGB, errors naming the file),
-    then the processor's resize (and, for evaluation, centre crop) and normalisation. Training batches keep the
-    resized image uncropped, for `random_resized_crop_and_flip`."""
+def make_collate(processor, label_of: list[int], train: bool, skip_bad_images: bool = False):
+    """Preprocess a batch of rows with `freqtr_hf.data.read_batch` (the bad-image policy of every command: an
+    unreadable image stops the run naming it and `--skip_bad_images`, or is skipped with a line saying so), then the
+    processor's resize (and, for evaluation, centre crop) and normalisation. Training batches keep the resized
+    image uncropped, for `random_resized_crop_and_flip`."""
     resize_only = {}
     if train and getattr(processor, "do_center_crop", False):
         edge = processor.size.get("shortest_edge", processor.crop_size["height"])
         resize_only = {"size": {"height": edge, "width": edge}, "do_center_crop": False}
 
     def collate(rows):
-        images = [read_image(row["image"]) for row in rows]
-        pixels = processor(images, return_tensors="pt", **resize_only)["pixel_values"]
-        labels = torch.tensor([label_of[row["label"]] if "label" in row else -1 for row in rows])
-        return {"pixel_values": pixels, "labels": labels}
+        pixels, labels, skipped, _ = read_batch(rows, processor, label_of, skip_bad_images, "--skip_bad_images",
+                                                **resize_only)
+        for message in skipped:
+            print(f"skipped {message}", file=sys.stderr)
+        if pixels is None:
+            raise ImageReadError(f"no image of a batch of {len(rows)} could be read (the last: {skipped[-1]})")
+        return {"pixel_values": pixels, "labels": torch.tensor(labels)}
 
     return collate
 
@@ -296,13 +303,6 @@ def load_split(args, train: bool) -> datasets.Dataset | None:
     if train and args.max_train_samples:
         data = data.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(data))))
     return data
-
-
-def class_names(label_names: list[str], synsets: str | None) -> list[str]:
-    """Readable names for dataset classes: a WordNet-id folder (`n01440764`) gets its name in the synset list
-    (`tench`); other folders keep their own name."""
-    by_wnid = dict(read_synsets(synsets)) if synsets else {}
-    return [by_wnid.get(name, name) for name in label_names]
 
 
 def student_reduction(args) -> dict:
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with exclusive_use(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():
             return train(args, accelerator)
-    except (RunInUseError, OutputRefused) as error:
+    except (RunInUseError, OutputRefused, ImageReadError) as error:
         raise SystemExit(str(error)) from None
 
 
@@ -581,7 +581,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # global RNG, which the augmentation uses and the checkpoints save
     train_loader = torch.utils.data.DataLoader(
         train_data, shuffle=True, batch_size=args.per_device_train_batch_size,
-        collate_fn=make_collate(processor, label_of, train=True), generator=torch.Generator().manual_seed(args.seed),
+        collate_fn=make_collate(processor, label_of, train=True, skip_bad_images=args.skip_bad_images), generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = None
     if eval_data is not None:
@@ -597,7 +597,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                   file=sys.stderr)
         eval_loader = torch.utils.data.DataLoader(
             eval_data, batch_size=args.per_device_eval_batch_size,
-            collate_fn=make_collate(processor, eval_label_of, train=False),
+            collate_fn=make_collate(processor, eval_label_of, train=False, skip_bad_images=args.skip_bad_images),
         )
 
     # an epoch counts the batches of one process: prepared, the loader is split between the processes

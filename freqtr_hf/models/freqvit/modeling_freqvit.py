@@ -241,9 +241,12 @@ class FreqViTPreTrainedModel(ViTPreTrainedModel):
         """`PreTrainedModel.from_pretrained`; warns when the checkpoint holds trained (non-zero) reduction parameters
         of the same method that this model has no place for (another `reduction_layers`, say): they are not used."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if pretrained_model_name_or_path is None:  # weights given as `state_dict`: no checkpoint to look at
+            return loaded
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
-        options |= {key: kwargs[key] for key in ("revision", "cache_dir", "token", "subfolder") if key in kwargs}
+        options |= {key: kwargs[key] for key in ("revision", "cache_dir", "token", "subfolder", "local_files_only")
+                    if key in kwargs}
         source = str(pretrained_model_name_or_path)
         weights = cached_file(source, SAFE_WEIGHTS_NAME, **options)
         saved_config = cached_file(source, CONFIG_NAME, **options)
