@@ -13,9 +13,9 @@ import pytest
 import torch
 from hypothesis import settings
 from PIL import Image
-from transformers import ViTForImageClassification, ViTImageProcessorPil
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
-from freqtr_hf import FreqViTConfig
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 
 
 # the same generated examples on every run, so CI never fails on an example no earlier run drew;
@@ -66,6 +66,70 @@ def write_images(folder: Path, classes: list[str], count: int, seed: int = 0) ->
             Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
 
 
+def real_images(folder, count=4):
+    files = sorted(folder.rglob("*.JPEG"))[:: max(1, len(list(folder.rglob("*.JPEG"))) // count)][:count]
+    return [Image.open(f).convert("RGB") for f in files]
+
+
+EXPORT_CHECK = """
+import sys
+sys.modules["freqtr_hf"] = None  # the package is not importable: only the exported code may serve
+import torch
+from transformers import AutoModel, AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert "freqtr_hf" not in type(model).__module__, type(model).__module__
+encoder = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert type(encoder).__name__ == "FreqViTModel", type(encoder).__name__
+pixels = torch.load(sys.argv[2])
+with torch.no_grad():
+    logits = model(pixels).logits
+    features = encoder(pixels).last_hidden_state
+    assert torch.equal(features, model.vit(pixels).last_hidden_state)  # the classifier's own encoder weights
+print((logits - torch.load(sys.argv[3])).abs().max().item())
+"""
+
+
+def remote_code_difference(folder: Path, pixels: torch.Tensor, logits: torch.Tensor, workdir: Path) -> float:
+    """Load `folder` with `trust_remote_code` in a fresh process where `freqtr_hf` cannot be imported (EXPORT_CHECK)
+    and return the largest difference of its logits on `pixels` from `logits`."""
+    torch.save(pixels, workdir / "pixels.pt")
+    torch.save(logits, workdir / "logits.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(workdir / "pixels.pt"), str(workdir / "logits.pt")],
+        capture_output=True, text=True, cwd=workdir,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(workdir / "hf")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def vit_twin(config, attn_implementation="sdpa"):
+    """A FreqViT and a transformers ViT with the same weights."""
+    vit_config = ViTConfig(**{k: v for k, v in config.to_dict().items() if k in ViTConfig().to_dict()})
+    vit = ViTForImageClassification(vit_config).eval()
+    vit.set_attn_implementation(attn_implementation)
+    model = FreqViTForImageClassification(config).eval()
+    model.set_attn_implementation(attn_implementation)
+    missing, unexpected = model.load_state_dict(vit.state_dict(), strict=False)
+    assert not unexpected
+    assert all(key.rsplit(".", 1)[-1] in ("high_pass_gain", "dc_gain", "dc_position_embeddings") for key in missing)
+    return model, vit
+
+
+class RecordingHubApi:
+    """Stands in for `huggingface_hub.HfApi` (the Hub is unreachable here): records the calls it gets."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        self.calls.append(("upload_folder", repo_id, folder_path))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
 @pytest.fixture
 def deit_tiny() -> Path:
     if not DEIT_TINY.exists():
@@ -78,6 +142,17 @@ def imagenette_val() -> Path:
     if not IMAGENETTE_VAL.exists():
         pytest.skip(f"real-image check: {IMAGENETTE_VAL} is absent (the shared offline assets are not beside the repo)")
     return IMAGENETTE_VAL
+
+
+ASSET_FIXTURES = {"deit_tiny", "imagenette_val", "default_deit", "running_space"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `assets` marker on every test that reads ../shared, by the fixtures it uses or its module's reference."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if ASSET_FIXTURES & set(getattr(item, "fixturenames", ())) or getattr(module, "REFERENCE", None) is not None:
+            item.add_marker(pytest.mark.assets)
 
 
 @pytest.fixture(autouse=True)

@@ -283,6 +283,7 @@ def test_preset_is_fine_tunable_and_survives_save_and_load(tmp_path):
         torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "keep_rate, baseline, bound",
     [(0.5, {}, 0.8), (0.9, {**TRAINING_FREE_FREQ, "low_frequency_pool": 0.0}, 0.9)],

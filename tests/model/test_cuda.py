@@ -1,6 +1,6 @@
 """On a CUDA GPU: the methods compute there what they compute on the CPU, in bf16 too, eager and under CUDA graphs,
 and `freqtr-hf evaluate --device cuda` gives the CPU's results. Skipped where torch sees no CUDA GPU (this
-project's CI has none); run them on a GPU machine with `FREQTR_REQUIRE_CUDA=1 python -m pytest tests/test_cuda.py`,
+project's CI has none); run them on a GPU machine with `FREQTR_REQUIRE_CUDA=1 python -m pytest tests/model/test_cuda.py`,
 where a torch without CUDA (the CPU wheel) then fails instead of skipping."""
 
 import json
@@ -12,12 +12,12 @@ from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassifi
 from freqtr_hf.models.freqvit.reduction_frequency import merge_into_dc_tokens
 from freqtr_hf.cli import main
 
-from conftest import write_images, write_tiny_vit
-from test_modeling import vit_twin
+from conftest import vit_twin, write_images, write_tiny_vit
 
 if not torch.cuda.is_available() and os.environ.get("FREQTR_REQUIRE_CUDA") == "1":
     raise RuntimeError(f"FREQTR_REQUIRE_CUDA=1, but torch {torch.__version__} sees no CUDA GPU (a CPU-only wheel?)")
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none here")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch sees none here")]
 
 # The training-free methods, bar kmedoids: two devices round its distances differently (by about 1e-5), which can
 # decide a near tie between two medoids.

@@ -13,10 +13,12 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.devices import time_in_turns
 from freqtr_hf.evaluation import EvaluationState
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import MatmulsAlone, aten_ops_per_forward, build_models, cut_by_slicing, report  # noqa: E402
 from training_free import paired_test, preset_against_best  # noqa: E402
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts: seconds each
 
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=6, image_size=64,
              patch_size=8, num_labels=5)

@@ -212,6 +212,7 @@ def _cache_times(output) -> dict:
     return {str(p.relative_to(output)): p.stat().st_mtime_ns for p in (output / "cache").rglob("*.npz")}
 
 
+@pytest.mark.slow
 def test_analyze_end_to_end_writes_report_figures_and_reuses_its_caches(tiny_setup, tmp_path):
     output = tmp_path / "out"
     methods, rates = list(TRAINING_FREE_METHODS), [0.5, 0.7]
@@ -260,6 +261,7 @@ def test_analyze_end_to_end_writes_report_figures_and_reuses_its_caches(tiny_set
     assert changed == {name for name in before if name.startswith("cache/second/")} and len(changed) == len(before) // 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_analysis_resumes_where_it_stopped(tiny_setup, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_setup / "first", data)
@@ -281,6 +283,7 @@ def test_an_interrupted_analysis_resumes_where_it_stopped(tiny_setup, tmp_path):
         assert json.dumps(resumed[key]) == json.dumps(fresh[key])
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_is_named_and_computed_again(tiny_setup, tmp_path, capsys):
     arguments = dict(model=str(tiny_setup / "model"), data=[str(tiny_setup / "first")], methods=["topk"],
                      keep_rates=[0.5], batch_size=4)
@@ -293,6 +296,7 @@ def test_a_damaged_cache_is_named_and_computed_again(tiny_setup, tmp_path, capsy
     assert json.dumps(again["accuracy"]) == json.dumps(first["accuracy"])
 
 
+@pytest.mark.slow
 def test_an_output_folder_in_use_by_another_run_is_refused(tiny_setup, tmp_path):
     arguments = dict(model=str(tiny_setup / "model"), data=[str(tiny_setup / "first")], methods=["topk"],
                      keep_rates=[0.5], output=str(tmp_path / "out"), batch_size=4)

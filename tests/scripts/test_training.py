@@ -18,15 +18,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from conftest import held_by_another_process, tiny_config, write_images, write_tiny_vit
-from test_loading import remote_code_difference
+from conftest import held_by_another_process, RecordingHubApi, remote_code_difference, tiny_config, write_images, write_tiny_vit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "training"))
 import finetune  # noqa: E402
 import trainer_example  # noqa: E402
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification  # noqa: E402
 from freqtr_hf.publishing import publish_to_hub  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains, often in fresh processes: seconds each
 
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "run_state.json"}
 
@@ -403,20 +404,6 @@ def test_validation_on_other_classes_of_the_pretrained_head_reports_top1(tiny_ru
     assert f"1 step; model written to {tmp_path / 'out' / 'model'}" in printed.out
     after = results["after"]
     assert f"after     top-1 {100 * after['top1']:.1f}%, agreement {100 * after['agreement']:.1f}%" in printed.out
-
-
-class RecordingHubApi:
-    """Stands in for `huggingface_hub.HfApi` (the Hub is unreachable here): records the calls it gets."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_folder(self, repo_id, folder_path, **kwargs):
-        self.calls.append(("upload_folder", repo_id, folder_path))
-        return f"https://huggingface.co/{repo_id}/commit/0"
 
 
 def test_the_folder_to_publish_loads_in_a_fresh_process_and_is_uploaded(tiny_run, tmp_path):

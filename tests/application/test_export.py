@@ -10,13 +10,11 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from conftest import held_by_another_process, write_images, write_tiny_vit
+from conftest import held_by_another_process, RecordingHubApi, remote_code_difference, write_images, write_tiny_vit
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 from freqtr_hf.exporting import export_model
 from freqtr_hf.runs import RunInUseError
 from freqtr_hf.publishing import PublishError, model_card
-from test_loading import remote_code_difference
-from test_training import RecordingHubApi
 
 TINY_REDUCTION = {"reduction_method": "freq", "keep_rate": 0.5, "reduction_layers": [1, 2], "dc_window_sizes": [2, 1]}
 
@@ -48,6 +46,7 @@ def absolute_paths(text: str) -> list[str]:
     return re.findall(r"(?<![\w.:/])/(?:[\w.-]+/)+[\w.-]*", text)
 
 
+@pytest.mark.slow
 def test_exported_folder_loads_without_freqtr_hf_and_the_cards_examples_run(tiny_base, tmp_path):
     folder = export_model(str(tiny_base / "vit-tiny"), str(tmp_path / "freqvit-tiny"), TINY_REDUCTION,
                           data=str(tiny_base / "images" / "val"), batch_size=4)
@@ -166,6 +165,7 @@ def test_the_card_takes_the_base_models_license_unless_one_is_given(tiny_base, t
     assert ModelCard.load(given / "README.md").data.license == "cc-by-4.0"
 
 
+@pytest.mark.slow
 def test_real_deit_tiny_exports_and_loads_with_remote_code(deit_tiny, tmp_path):
     folder = export_model(str(deit_tiny), str(tmp_path / "freqvit-deit-tiny"), {"keep_rate": 0.7})
     pixels = torch.randn(2, 3, 224, 224)
@@ -185,10 +185,10 @@ def test_the_card_says_which_images_were_measured(every, phrase, tmp_path):
     assert phrase in card and "50 images" in card
 
 
-def test_the_card_carries_no_images_per_second():
+def test_the_card_carries_no_images_per_second(tmp_path):
     """One timing on the machine that built the model is too noisy for a card that goes to the Hub."""
     results = {"unreduced": {"top1": 0.7, "agreement": 1.0, "images_per_second": 15.0, "images": 50},
                "before": {"top1": 0.6, "agreement": 0.9, "images_per_second": 12.5, "images": 50}}
-    card = str(model_card(FreqViTConfig(**TINY_REDUCTION), "base", results, eval_data="/data/val"))
+    card = str(model_card(FreqViTConfig(**TINY_REDUCTION), str(tmp_path), results, eval_data="/data/val"))
     assert "15.0" not in card and "12.5" not in card and "| GMACs |" in card
     assert "images/s depend on the machine" in card

@@ -22,7 +22,7 @@ from freqtr_hf import TRAINING_FREE_FREQ, FreqViTForImageClassification
 from freqtr_hf.devices import describe, resolve_device
 from freqtr_hf.visualization import stage_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = ROOT / "space"
 sys.path.insert(0, str(SPACE))
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[test]')")
@@ -367,6 +367,7 @@ def running_space(tmp_path_factory):
     process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_full_queue_asks_to_retry(running_space):
     from gradio_client import Client, handle_file
 
@@ -387,6 +388,7 @@ def test_a_full_queue_asks_to_retry(running_space):
     assert full and done and len(full) + len(done) == 6, outcomes
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="browser test: no Debian chromium (apt-get install chromium)")
 def test_in_a_real_browser(running_space, tmp_path):
     # FREQTR_SCREENSHOT=docs/space.png refreshes the README's picture

@@ -5,26 +5,13 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
+from transformers import ViTImageProcessor, pipeline
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, FreqViTModel
 from freqtr_hf.models.freqvit.modeling_freqvit import FreqViTAttention
 from freqtr_hf.models.freqvit.reduction_frequency import window_index
 
-from conftest import tiny_config
-
-
-def vit_twin(config, attn_implementation="sdpa"):
-    """A FreqViT and a transformers ViT with the same weights."""
-    vit_config = ViTConfig(**{k: v for k, v in config.to_dict().items() if k in ViTConfig().to_dict()})
-    vit = ViTForImageClassification(vit_config).eval()
-    vit.set_attn_implementation(attn_implementation)
-    model = FreqViTForImageClassification(config).eval()
-    model.set_attn_implementation(attn_implementation)
-    missing, unexpected = model.load_state_dict(vit.state_dict(), strict=False)
-    assert not unexpected
-    assert all(key.rsplit(".", 1)[-1] in ("high_pass_gain", "dc_gain", "dc_position_embeddings") for key in missing)
-    return model, vit
+from conftest import tiny_config, vit_twin
 
 
 RANDOM_SHAPES = [
@@ -140,7 +127,7 @@ def omega_written_everywhere(model, value: float) -> None:
 
 def test_a_changed_omega_is_used_at_the_next_call():
     """At inference a zero ω is skipped; a ω written any way, `.data` included, must be seen at once (on the CPU it
-    is read at every call; tests/test_cuda.py checks the cache an accelerator uses)."""
+    is read at every call; tests/model/test_cuda.py checks the cache an accelerator uses)."""
     torch.manual_seed(0)
     model = FreqViTForImageClassification(tiny_config()).eval()
     twin = FreqViTForImageClassification(model.config).eval()
@@ -194,6 +181,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert "vit.layers.1.token_reducer.dc_position_embeddings" in plain
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     model = FreqViTForImageClassification(tiny_config()).eval()
     pixels = torch.randn(2, 3, 64, 64)
@@ -204,6 +192,7 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 @pytest.mark.parametrize(

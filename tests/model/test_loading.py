@@ -1,14 +1,11 @@
 """Loading ViT checkpoints (the Hub's legacy layout and transformers 5's) and exporting with remote code."""
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, ViTForImageClassification
 from transformers.dynamic_module_utils import get_relative_import_files
@@ -16,14 +13,9 @@ from transformers.dynamic_module_utils import get_relative_import_files
 import freqtr_hf
 from freqtr_hf import FreqViTForImageClassification, FreqViTModel
 
-from conftest import tiny_config
+from conftest import real_images, remote_code_difference, tiny_config
 
 NEW_PARAMETERS = ("high_pass_gain", "dc_gain", "dc_position_embeddings")
-
-
-def real_images(folder, count=4):
-    files = sorted(folder.rglob("*.JPEG"))[:: max(1, len(list(folder.rglob("*.JPEG"))) // count)][:count]
-    return [Image.open(f).convert("RGB") for f in files]
 
 
 def test_legacy_deit_tiny_loads_every_pretrained_weight(deit_tiny):
@@ -114,38 +106,7 @@ def test_auto_classes_resolve_to_freqvit(tmp_path):
     assert type(AutoModel.from_pretrained(tmp_path)) is FreqViTModel
 
 
-EXPORT_CHECK = """
-import sys
-sys.modules["freqtr_hf"] = None  # the package is not importable: only the exported code may serve
-import torch
-from transformers import AutoModel, AutoModelForImageClassification
-model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-assert "freqtr_hf" not in type(model).__module__, type(model).__module__
-encoder = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-assert type(encoder).__name__ == "FreqViTModel", type(encoder).__name__
-pixels = torch.load(sys.argv[2])
-with torch.no_grad():
-    logits = model(pixels).logits
-    features = encoder(pixels).last_hidden_state
-    assert torch.equal(features, model.vit(pixels).last_hidden_state)  # the classifier's own encoder weights
-print((logits - torch.load(sys.argv[3])).abs().max().item())
-"""
-
-
-def remote_code_difference(folder: Path, pixels: torch.Tensor, logits: torch.Tensor, workdir: Path) -> float:
-    """Load `folder` with `trust_remote_code` in a fresh process where `freqtr_hf` cannot be imported (EXPORT_CHECK)
-    and return the largest difference of its logits on `pixels` from `logits`."""
-    torch.save(pixels, workdir / "pixels.pt")
-    torch.save(logits, workdir / "logits.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK, str(folder), str(workdir / "pixels.pt"), str(workdir / "logits.pt")],
-        capture_output=True, text=True, cwd=workdir,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(workdir / "hf")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return float(result.stdout.strip().splitlines()[-1])
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["freq", "tome", "sinkhorn"])
 def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method):
     model = FreqViTForImageClassification(tiny_config(reduction_method=method)).eval()

@@ -12,8 +12,7 @@ from freqtr_hf.models.freqvit.reduction_clustering import density_peak_centres, 
 from freqtr_hf.models.freqvit.reduction_learned import sinkhorn_assignment
 from freqtr_hf.models.freqvit.token_schedule import MERGING_METHODS, PRUNING_METHODS, sequence_lengths
 
-from conftest import tiny_config
-from test_loading import real_images
+from conftest import real_images, tiny_config
 
 METHODS = [m for m in REDUCTION_METHODS if m != "none"]
 LEARNED = ("dynamicvit", "dpcknn", "sit", "patchmerger", "sinkhorn")

@@ -13,6 +13,8 @@ from freqtr_hf.images import read_image
 
 from conftest import ASSETS, DEIT_TINY
 
+pytestmark = pytest.mark.slow  # real weights on the shared images: seconds each
+
 REFERENCE = ASSETS.parent / "reference" / "official_outputs.safetensors"
 OFFICIAL_RUNS = {
     "none": dict(reduction_method="none"),

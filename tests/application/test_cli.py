@@ -277,6 +277,7 @@ def test_untrained_learned_methods_are_named_in_a_warning(tiny_checkpoint):
         build_models(str(tiny_checkpoint / "model"), ["sinkhorn", "topk"], 0.7)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tiny_checkpoint, tmp_path):
     # hundreds of batches left when the first one is saved: the signal must not reach an interpreter that has
     # finished the run and is shutting down (it would die of SIGINT, with no message)
@@ -311,6 +312,7 @@ def test_ctrl_c_without_a_state_file_says_how_to_make_a_run_resumable(tiny_check
         "freqtr-hf: interrupted; with --state-file FILE a run can be resumed after an interruption")
 
 
+@pytest.mark.slow
 def test_help_version_and_a_missing_folder_answer_without_importing_torch(tmp_path):
     code = "import sys, freqtr_hf.cli; freqtr_hf.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
@@ -355,6 +357,7 @@ def any_model_complete(cache: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_an_analysis_says_how_to_resume_and_the_rerun_reuses_what_was_done(tiny_checkpoint, tmp_path):
     # two data sets: the first is finished and saved while the second still runs
     write_images(tiny_checkpoint / "first", ["class 0", "class 1"], 20)
@@ -448,6 +451,7 @@ def test_a_checkpoint_without_its_image_processor_and_a_folder_as_synsets_are_na
     assert len(error) == 1 and error[0].startswith("freqtr-hf: --model: ") and "no preprocessor_config.json" in error[0]
 
 
+@pytest.mark.slow
 def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "freqtr_hf.cli", "evaluate", "--model", "facebook/deit-tiny-patch16-224",
@@ -462,6 +466,7 @@ def test_unreachable_hub_gives_a_one_line_error(tmp_path):
     assert "HF_HUB_OFFLINE" not in message[0]  # it is set: no advice to set it
 
 
+@pytest.mark.slow
 def test_export_and_analyze_run_from_the_command_line(tmp_path, capsys):
     from conftest import tiny_config
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds and installs in a fresh venv
+
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = """
 import sys, freqtr_hf, freqtr_hf.cli
 from pathlib import Path
@@ -18,6 +20,7 @@ from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
 config = FreqViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                        image_size=32, patch_size=8, reduction_layers=(1, 2), dc_window_sizes=(2, 1))
 import torch
+
 print(FreqViTForImageClassification(config).eval()(torch.randn(1, 3, 32, 32)).logits.shape)
 """
 
