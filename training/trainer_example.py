@@ -20,11 +20,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from freqtr_hf import FreqViTForImageClassification
 from freqtr_hf.cli import positive_int
 from freqtr_hf.data import class_names, label_names, load_images
+from freqtr_hf.finetuning import loading, make_collate, model_input_size, random_resized_crop_and_flip
 from freqtr_hf.images import ImageReadError
 from freqtr_hf.models.freqvit.methods import REDUCTION_METHODS
 from freqtr_hf.runs import OutputRefused, RunInUseError, check_output_folder, exclusive_use, write_marker
-
-from finetune import loading, make_collate, model_input_size, random_resized_crop_and_flip
 
 RUN_FOLDER = "trainer run"  # the kind of folder --output_dir is (see freqtr_hf.runs)
 
