@@ -1,13 +1,23 @@
 """Pictures of a reduction: which patches are kept, which merged token each of the others went into, which are gone.
 
-Merged tokens are drawn so that they stay visible on any photo, not only as a tint (a blue tint vanishes in a sky):
+`stages_image` draws every stage of one image with a legend, and `amplitude_plot` the high-frequency amplitude per
+layer, as the Space shows them (matplotlib's object API: nothing global). Merged tokens are drawn so that they stay visible on any photo, not only as a tint (a blue tint vanishes in a sky):
 each merged token's patches are tinted and hatched with diagonal stripes of its colour beside black ones, and its
 region is outlined in its colour. `merged_token_colour` gives the colours for a legend.
 """
 
+import textwrap
+
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
 
 from .models.freqvit.token_state import TokenProvenance
+
+MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
+STAGES_PER_ROW = 3
 
 # matplotlib's tab20 without its two greys (grey means dropped), one colour per merged token, cycling beyond 18
 PALETTE = np.array(
@@ -104,3 +114,66 @@ def stage_summary(stage: TokenProvenance, index: int = 0, noun: str = "merged to
         + f"{int((token > stage.num_kept).sum())} in {tokens} {noun}{'' if tokens == 1 else 's'}, "
         f"{int((token < 0).sum())} dropped"
     )
+
+
+def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> None:
+    """One stage on a (sub)figure: the model's view (2× up, so the hatching is fine) with the stage drawn on it, the
+    stage's summary as the title, and a legend below."""
+    axis = panel.add_axes((0.03, 0.2, 0.94, 0.64))  # room above for the title, below for the legend
+    axis.imshow(stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid))
+    axis.set_axis_off()
+    noun = MERGED_NAMES.get(method, "merged token")
+    axis.set_title(textwrap.fill(stage_summary(stage, noun=noun), 36), fontsize=13)
+    handles = []
+    hatched = dict(edgecolor="black", hatch="///")
+    if bool(stage.kept[0].any()):
+        handles.append(Patch(facecolor="white", edgecolor="black", label="kept patch (white border)"))
+    if bool((stage.merged[0] & (stage.patch_to_token[0] <= stage.num_kept)).any()):
+        handles.append(Patch(facecolor="white", label="merged into a kept token", **hatched))
+    merged = merged_token_indices(stage)
+    if len(merged) <= 6:
+        handles += [
+            Patch(facecolor=np.array(merged_token_colour(j)) / 255, label=f"{noun} {j + 1}", **hatched)
+            for j in merged
+        ]
+    else:
+        handles.append(Patch(facecolor="white", label=f"{len(merged)} {noun}s (colours repeat)", **hatched))
+    if bool(stage.dropped[0].any()):
+        handles.append(Patch(facecolor="0.2", edgecolor="black", label="dropped (grey)"))
+    panel.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.19), ncol=2, fontsize=11, frameon=False)
+
+
+def stages_image(
+    view: np.ndarray, provenance: tuple[TokenProvenance, ...], grid: tuple[int, int], method: str
+) -> Image.Image:
+    """Every reduction stage side by side (`STAGES_PER_ROW` a row), as one RGB image; the model's view if none
+    reduces."""
+    if not provenance:
+        return Image.fromarray(view)
+    rows = -(-len(provenance) // STAGES_PER_ROW)
+    width = min(len(provenance), STAGES_PER_ROW)
+    figure = Figure(figsize=(4.6 * width, 5.6 * rows), dpi=100)  # not pyplot's: nothing global to close
+    panels = np.asarray(figure.subfigures(rows, width, squeeze=False)).ravel()
+    for panel, stage in zip(panels, provenance):
+        draw_stage(panel, view, stage, grid, method)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def amplitude_plot(unreduced: list[float], reduced: list[float], stages: list[int]) -> Figure:
+    """The relative log amplitude at π after each layer, unreduced against reduced; `stages` are 0-based."""
+    figure = Figure(figsize=(6, 3.2))
+    axis = figure.subplots()
+    layers = range(1, len(unreduced) + 1)
+    axis.plot(layers, unreduced, "o-", label="unreduced")
+    axis.plot(layers, reduced, "s-", label="reduced")
+    for layer in stages:
+        axis.axvline(layer + 1, color="grey", linestyle=":", linewidth=1)
+    axis.set_xticks(list(layers))
+    axis.set_xlabel("layer (from 1; dotted: reduction layers)")
+    axis.set_ylabel("log amplitude at π (rel. to 0)")
+    axis.set_title("High-frequency amplitude after each layer")
+    axis.legend()
+    figure.tight_layout()
+    return figure

@@ -26,7 +26,6 @@ import os
 import re
 import statistics
 import tempfile
-import textwrap
 from pathlib import Path
 
 import gradio as gr
@@ -36,19 +35,16 @@ from huggingface_hub import HfApi, is_offline_mode
 from huggingface_hub.constants import HF_HUB_CACHE
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, TokenProvenance, count_macs
+from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.frequency_analysis import layer_high_frequency
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image
 from freqtr_hf.macs import count_parameters
-from freqtr_hf.visualization import merged_token_colour, merged_token_indices, stage_overlay, stage_summary
+from freqtr_hf.visualization import amplitude_plot, stages_image
 
 FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
 HUB_TIMEOUT_S = 5.0  # one metadata request decides whether the Hub answers; transformers would retry for ~25 s
@@ -56,8 +52,6 @@ WARMUP_RUNS, TIMED_RUNS = 1, 5
 CONCURRENCY = 2  # requests computed at a time; the others wait in the queue
 DEFAULT_LAYERS = "4, 7, 10"  # the paper's layers 4, 7, 10: reduction_layers (3, 6, 9)
 DEVICE = resolve_device(os.environ.get("FREQTR_DEVICE", "auto"))
-MERGED_NAMES = {"freq": "DC token", "evit": "fused token"}  # what a merged token is called, per method
-STAGES_PER_ROW = 3
 PRESET_METHOD = "freq, training-free preset"
 # the Method box: every training-free method as it is, and freq with `TRAINING_FREE_FREQ` (method, config overrides)
 METHODS = {**{method: (method, {}) for method in TRAINING_FREE_METHODS}, PRESET_METHOD: ("freq", TRAINING_FREE_FREQ)}
@@ -299,69 +293,6 @@ def median_latencies(
     no model pays for a cold first run). The models take turns within a round, so drift hits them alike."""
     times = time_in_turns([functools.partial(model, pixels) for model in models], warmup + runs, pixels.device)
     return [statistics.median(record[warmup:]) for record in times]
-
-
-def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int, int], method: str) -> None:
-    """One stage on a (sub)figure: the model's view (2× up, so the hatching is fine) with the stage drawn on it, the
-    stage's summary as the title, and a legend below."""
-    axis = panel.add_axes((0.03, 0.2, 0.94, 0.64))  # room above for the title, below for the legend
-    axis.imshow(stage_overlay(view.repeat(2, axis=0).repeat(2, axis=1), stage, grid))
-    axis.set_axis_off()
-    noun = MERGED_NAMES.get(method, "merged token")
-    axis.set_title(textwrap.fill(stage_summary(stage, noun=noun), 36), fontsize=13)
-    handles = []
-    hatched = dict(edgecolor="black", hatch="///")
-    if bool(stage.kept[0].any()):
-        handles.append(Patch(facecolor="white", edgecolor="black", label="kept patch (white border)"))
-    if bool((stage.merged[0] & (stage.patch_to_token[0] <= stage.num_kept)).any()):
-        handles.append(Patch(facecolor="white", label="merged into a kept token", **hatched))
-    merged = merged_token_indices(stage)
-    if len(merged) <= 6:
-        handles += [
-            Patch(facecolor=np.array(merged_token_colour(j)) / 255, label=f"{noun} {j + 1}", **hatched)
-            for j in merged
-        ]
-    else:
-        handles.append(Patch(facecolor="white", label=f"{len(merged)} {noun}s (colours repeat)", **hatched))
-    if bool(stage.dropped[0].any()):
-        handles.append(Patch(facecolor="0.2", edgecolor="black", label="dropped (grey)"))
-    panel.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.19), ncol=2, fontsize=11, frameon=False)
-
-
-def stages_image(
-    view: np.ndarray, provenance: tuple[TokenProvenance, ...], grid: tuple[int, int], method: str
-) -> Image.Image:
-    """Every reduction stage side by side (`STAGES_PER_ROW` a row), as one RGB image; the model's view if none
-    reduces."""
-    if not provenance:
-        return Image.fromarray(view)
-    rows = -(-len(provenance) // STAGES_PER_ROW)
-    width = min(len(provenance), STAGES_PER_ROW)
-    figure = Figure(figsize=(4.6 * width, 5.6 * rows), dpi=100)  # not pyplot's: nothing global to close
-    panels = np.asarray(figure.subfigures(rows, width, squeeze=False)).ravel()
-    for panel, stage in zip(panels, provenance):
-        draw_stage(panel, view, stage, grid, method)
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-
-
-def amplitude_plot(unreduced: list[float], reduced: list[float], stages: list[int]) -> Figure:
-    """The relative log amplitude at π after each layer, unreduced against reduced; `stages` are 0-based."""
-    figure = Figure(figsize=(6, 3.2))
-    axis = figure.subplots()
-    layers = range(1, len(unreduced) + 1)
-    axis.plot(layers, unreduced, "o-", label="unreduced")
-    axis.plot(layers, reduced, "s-", label="reduced")
-    for layer in stages:
-        axis.axvline(layer + 1, color="grey", linestyle=":", linewidth=1)
-    axis.set_xticks(list(layers))
-    axis.set_xlabel("layer (from 1; dotted: reduction layers)")
-    axis.set_ylabel("log amplitude at π (rel. to 0)")
-    axis.set_title("High-frequency amplitude after each layer")
-    axis.legend()
-    figure.tight_layout()
-    return figure
 
 
 @one_line_answers
