@@ -167,7 +167,7 @@ def run_export(args: argparse.Namespace) -> int:
 @one_line_errors
 def run_analyze(args: argparse.Namespace) -> int:
     try:
-        from .analysis_report import run_analysis
+        from .analysis.report import run_analysis
     except ImportError as error:  # scipy, scikit-learn, matplotlib: the analysis extra
         return _fail(f"the analysis needs {error.name}: pip install -e \".[analysis]\" (or pip install {error.name})")
 

@@ -39,7 +39,7 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
-from freqtr_hf.frequency_analysis import layer_high_frequency
+from freqtr_hf.analysis.frequency import layer_high_frequency
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image

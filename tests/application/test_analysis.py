@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from freqtr_hf.analysis_report import AnalysisOptions, run_analysis
+from freqtr_hf.analysis.jobs import AnalysisOptions
+from freqtr_hf.analysis.report import run_analysis
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.runs import OutputRefused, RunInUseError, exclusive_use
-from freqtr_hf.frequency_analysis import (
+from freqtr_hf.analysis.frequency import (
     add_token_noise,
     diagonal_log_amplitude,
     evit_kept_patches,
@@ -22,7 +23,7 @@ from freqtr_hf.frequency_analysis import (
     token_set_similarity,
 )
 from freqtr_hf.images import ImageReadError
-from freqtr_hf.pattern_analysis import (
+from freqtr_hf.analysis.patterns import (
     assignment_nmi,
     compare_maps,
     departure_depth,

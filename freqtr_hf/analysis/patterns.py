@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import normalized_mutual_info_score
 
-from .models.freqvit.token_state import TokenProvenance
+from ..models.freqvit.token_state import TokenProvenance
 
 
 def owns_token(patch_to_token: torch.LongTensor) -> torch.BoolTensor:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import torch
 
-from .models.freqvit.reduction_frequency import high_frequency_scores
-from .models.freqvit.reduction_pruning import cls_attention_scores, top_k_in_order
-from .models.freqvit.token_state import TokenProvenance, TokenState, gather_tokens
+from ..models.freqvit.reduction_frequency import high_frequency_scores
+from ..models.freqvit.reduction_pruning import cls_attention_scores, top_k_in_order
+from ..models.freqvit.token_state import TokenProvenance, TokenState, gather_tokens
 
 
 def restore_patch_grid(tokens: torch.Tensor, patch_to_token: torch.LongTensor | None) -> torch.Tensor:

@@ -9,8 +9,8 @@ matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .fingerprint import slug  # noqa: E402
-from .runs import write_atomically, write_figure  # noqa: E402
+from ..fingerprint import slug  # noqa: E402
+from ..runs import write_atomically, write_figure  # noqa: E402
 
 
 NOISE_LABELS = {"clean": "clean", "lf": "LF noise", "random": "random noise", "hf": "HF noise"}
