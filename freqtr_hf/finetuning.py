@@ -1,16 +1,28 @@
 """What the fine-tuning scripts share (`training/finetune.py`, `training/trainer_example.py`): one-line loading errors,
-the training augmentation, the batch preprocessing over the data layer, and the distillation loss."""
+the training augmentation, the batch preprocessing over the data layer, the distillation loss, the checkpoints of a
+run folder (`step_N`, written whole or not at all) with the job's fingerprint, and the learning curve."""
 
+import json
 import math
+import re
+import shutil
 import sys
+from pathlib import Path
 from contextlib import contextmanager
 
 import torch
+from accelerate import Accelerator
 import torch.nn.functional as F
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from .data import read_batch
+from .fingerprint import mismatch
 from .images import ImageReadError
+from .runs import replace_folder, write_atomically, write_figure
+
+
+CHECKPOINT = re.compile(r"step_(\d+)")
+RUN_STATE = "run_state.json"  # in a checkpoint: step, history, "before" evaluation, the job's fingerprint
 
 
 @contextmanager
@@ -89,3 +101,89 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1), log_target=True,
         reduction="batchmean",
     )
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints in a run folder, oldest first: the `step_<int>` folders (a save writes
+    `step_N.tmp`, then renames it; other folders are not checkpoints)."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, run_state: dict) -> None:
+    """Save the full training state and `run_state` (step, history, the "before" evaluation, the job's
+    fingerprint) into `step_N.tmp`, then rename it: a save cut short never leaves a `step_N` folder."""
+    final = output_dir / f"step_{run_state['step']}"
+    staging = final.with_name(f"{final.name}.tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_atomically(staging / RUN_STATE, json.dumps(run_state, indent=2))
+        replace_folder(staging, final)
+    accelerator.wait_for_everyone()
+
+
+def read_run_state(checkpoint: Path) -> dict:
+    """A checkpoint's run state, or a clear error naming the checkpoint."""
+    try:
+        state = json.loads((checkpoint / RUN_STATE).read_text())
+        if not isinstance(state, dict) or not {"step", "history", "fingerprint"} <= state.keys():
+            raise ValueError("it lacks the step, the history or the fingerprint")
+    except (OSError, ValueError) as error:
+        raise SystemExit(
+            f"cannot resume from {checkpoint}: its {RUN_STATE} is missing or damaged ({type(error).__name__}: "
+            f"{error}); it is not a complete checkpoint of this script"
+        ) from error
+    return state
+
+
+def read_fingerprint(run_file: Path) -> dict:
+    """The fingerprint a run folder was started with, or a clear error naming the file."""
+    try:
+        return json.loads(run_file.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(
+            f"{run_file} is damaged ({type(error).__name__}: {error}); pass --overwrite_output_dir to start afresh"
+        ) from error
+
+
+def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
+    if saved is not None and (difference := mismatch(current_layout(saved), fingerprint)):
+        raise SystemExit(f"cannot resume from {source}: it is another job: {difference}")
+
+
+def current_layout(saved: dict) -> dict:
+    """A fingerprint of freqtr-hf 0.2.0's first layout (the reduction flags as given, the preset's name, and the
+    student's reduction under "reduction") as today's: the student's reduction fields by name, which is what
+    identifies the job. A run started then resumes now."""
+    if not isinstance(saved.get("reduction"), dict):
+        return saved
+    flags = ("reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes", "preset", "reduction")
+    return {**{k: v for k, v in saved.items() if k not in flags}, **saved["reduction"]}
+
+
+def plot_learning_curve(history: dict, path: Path) -> None:
+    """Training loss and evaluation top-1 against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot(history["step"], history["loss"], color="tab:blue", alpha=0.6, label="training loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    if any(v is not None for v in history["eval_top1"]):
+        top1_axis = loss_axis.twinx()
+        top1 = [100 * v if v is not None else float("nan") for v in history["eval_top1"]]
+        top1_axis.plot(history["eval_step"], top1, "o-", color="tab:red", label="eval top-1")
+        top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
+    figure.suptitle("FreqViT fine-tuning")
+    figure.tight_layout()
+    write_figure(figure, path, dpi=120)
+    plt.close(figure)

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -42,25 +41,24 @@ from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
 from freqtr_hf.evaluation import METRIC_SCRIPT
 from freqtr_hf.data import class_names, data_fingerprint, label_mapping, label_names, load_images
-from freqtr_hf.fingerprint import file_digest, mismatch, model_digest, resolved_source
+from freqtr_hf.fingerprint import file_digest, model_digest, resolved_source
 from freqtr_hf.finetuning import (
-    distillation_loss, loading, make_collate, model_input_size, random_resized_crop_and_flip,
+    CHECKPOINT, check_same_job, checkpoints, distillation_loss, loading, make_collate, model_input_size,
+    plot_learning_curve, random_resized_crop_and_flip, read_fingerprint, read_run_state, save_checkpoint,
 )
 from freqtr_hf.images import ImageReadError
 from freqtr_hf.publishing import (
     PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, write_model_files,
 )
 from freqtr_hf.runs import (
-    OutputRefused, RunInUseError, check_output_folder, exclusive_use, replace_folder, staged_folder, write_atomically,
-    write_figure, write_marker,
+    OutputRefused, RunInUseError, check_output_folder, exclusive_use, staged_folder, write_atomically,
+    write_marker,
 )
 from freqtr_hf.cli import (
     HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
 )
 
 
-CHECKPOINT = re.compile(r"step_(\d+)")
-RUN_STATE = "run_state.json"  # in a checkpoint: step, history, "before" evaluation, the job's fingerprint
 RUN_FILE = "run.json"  # in --output_dir: the job's fingerprint, written before the first step
 TRACKER_PROJECT = "freqtr_finetune"
 RUN_FOLDER = "fine-tuning run"  # the kind of folder --output_dir is (see freqtr_hf.runs)
@@ -335,31 +333,6 @@ def evaluate_top1(model, loader, accelerator, reference=None) -> dict:
     return result
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """The complete checkpoints in a run folder, oldest first: the `step_<int>` folders (a save writes
-    `step_N.tmp`, then renames it; other folders are not checkpoints)."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)))
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, run_state: dict) -> None:
-    """Save the full training state and `run_state` (step, history, the "before" evaluation, the job's
-    fingerprint) into `step_N.tmp`, then rename it: a save cut short never leaves a `step_N` folder."""
-    final = output_dir / f"step_{run_state['step']}"
-    staging = final.with_name(f"{final.name}.tmp")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)  # left by an interrupted save
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_atomically(staging / RUN_STATE, json.dumps(run_state, indent=2))
-        replace_folder(staging, final)
-    accelerator.wait_for_everyone()
-
-
 def resolve_checkpoint(args) -> Path | None:
     """The checkpoint to resume from: the given folder, or with 'latest' the newest in --output_dir (None where
     there is none yet: the run starts at step 0)."""
@@ -372,20 +345,6 @@ def resolve_checkpoint(args) -> Path | None:
     if not path.is_dir():
         raise SystemExit(f"--resume_from_checkpoint: {path} is not a checkpoint folder")
     return path
-
-
-def read_run_state(checkpoint: Path) -> dict:
-    """A checkpoint's run state, or a clear error naming the checkpoint."""
-    try:
-        state = json.loads((checkpoint / RUN_STATE).read_text())
-        if not isinstance(state, dict) or not {"step", "history", "fingerprint"} <= state.keys():
-            raise ValueError("it lacks the step, the history or the fingerprint")
-    except (OSError, ValueError) as error:
-        raise SystemExit(
-            f"cannot resume from {checkpoint}: its {RUN_STATE} is missing or damaged ({type(error).__name__}: "
-            f"{error}); it is not a complete checkpoint of this script"
-        ) from error
-    return state
 
 
 def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerator) -> dict:
@@ -403,31 +362,6 @@ def job_fingerprint(args, student, train_data, eval_data, accelerator: Accelerat
         "mixed_precision": accelerator.mixed_precision,
     }
     return json.loads(json.dumps(fingerprint))  # as it reads back from a file (tuples become lists)
-
-
-def read_fingerprint(run_file: Path) -> dict:
-    """The fingerprint a run folder was started with, or a clear error naming the file."""
-    try:
-        return json.loads(run_file.read_text())
-    except (OSError, ValueError) as error:
-        raise SystemExit(
-            f"{run_file} is damaged ({type(error).__name__}: {error}); pass --overwrite_output_dir to start afresh"
-        ) from error
-
-
-def check_same_job(fingerprint: dict, saved: dict | None, source: Path) -> None:
-    if saved is not None and (difference := mismatch(current_layout(saved), fingerprint)):
-        raise SystemExit(f"cannot resume from {source}: it is another job: {difference}")
-
-
-def current_layout(saved: dict) -> dict:
-    """A fingerprint of freqtr-hf 0.2.0's first layout (the reduction flags as given, the preset's name, and the
-    student's reduction under "reduction") as today's: the student's reduction fields by name, which is what
-    identifies the job. A run started then resumes now."""
-    if not isinstance(saved.get("reduction"), dict):
-        return saved
-    flags = ("reduction_method", "keep_rate", "reduction_layers", "dc_window_sizes", "preset", "reduction")
-    return {**{k: v for k, v in saved.items() if k not in flags}, **saved["reduction"]}
 
 
 def mixed_precision(args: argparse.Namespace) -> str | None:
@@ -678,28 +612,6 @@ def training_summary(args, steps: int, accelerator: Accelerator) -> str:
         f"{args.num_warmup_steps} warm-up steps; loss: {loss}; augmentation: random resized crop and flip. "
         + (f"The weights are the EMA (decay {args.ema_decay}) of the trained ones." if args.ema_decay > 0 else "")
     ).strip()
-
-
-def plot_learning_curve(history: dict, path: Path) -> None:
-    """Training loss and evaluation top-1 against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(history["step"], history["loss"], color="tab:blue", alpha=0.6, label="training loss")
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("training loss", color="tab:blue")
-    if any(v is not None for v in history["eval_top1"]):
-        top1_axis = loss_axis.twinx()
-        top1 = [100 * v if v is not None else float("nan") for v in history["eval_top1"]]
-        top1_axis.plot(history["eval_step"], top1, "o-", color="tab:red", label="eval top-1")
-        top1_axis.set_ylabel("eval top-1 (%)", color="tab:red")
-    figure.suptitle("FreqViT fine-tuning")
-    figure.tight_layout()
-    write_figure(figure, path, dpi=120)
-    plt.close(figure)
 
 
 if __name__ == "__main__":
