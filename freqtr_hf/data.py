@@ -17,7 +17,7 @@ from .fingerprint import files_digest
 from .images import ImageReadError, read_image
 
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def read_synsets(path: str | os.PathLike) -> list[tuple[str, str]]:

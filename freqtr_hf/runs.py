@@ -14,7 +14,6 @@ The policy: nothing the project did not write is ever deleted or replaced.
 - The lock beside an output is removed when the run ends.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from .fingerprint import file_digest
 
 
 PRODUCER = "freqtr-hf"
@@ -163,13 +164,8 @@ def read_marker(folder: Path) -> dict | None:
 def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> None:
     """Mark `folder` as a `kind` folder the project wrote; `files` lists what a folder replaced whole holds, each
     with its SHA-256, so that a file changed or added since is never replaced."""
-    record = {"files": {name: file_sha256(folder / name) for name in sorted(files)}} if files is not None else {}
+    record = {"files": {name: file_digest(folder / name) for name in sorted(files)}} if files is not None else {}
     write_atomically(folder / MARKER, json.dumps(stamp(record, kind), indent=1) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def foreign_files(folder: Path, kind: str) -> list[str]:
@@ -189,7 +185,7 @@ def foreign_files(folder: Path, kind: str) -> list[str]:
         path = folder / name
         if name not in listed or path.is_symlink() or not path.is_file():
             foreign.append(name)
-        elif file_sha256(path) != listed[name]:
+        elif file_digest(path) != listed[name]:
             foreign.append(f"{name} (changed since)")
     return foreign
 

@@ -51,8 +51,8 @@ from freqtr_hf.publishing import (
     PublishError, gmacs, is_hub_id, model_card, public_name, publish_to_hub, write_model_files,
 )
 from freqtr_hf.runs import (
-    OutputRefused, RunInUseError, check_output_folder, exclusive_use, staged_folder, write_atomically,
-    write_marker,
+    OutputRefused, RunInUseError, check_output_folder, exclusive_use, remove_stale_temporaries, staged_folder,
+    write_atomically, write_marker,
 )
 from freqtr_hf.cli import (
     HelpFormatter, decay, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -193,11 +193,6 @@ def missing_dependencies(args) -> list[str]:
     return [f"{module} (for {use})" for module, use in needed.items() if importlib.util.find_spec(module) is None]
 
 
-def is_staged_model(path: Path) -> bool:
-    """A model folder being written (`freqtr_hf.runs.staged_folder`), or the one it replaces: left by a killed run."""
-    return path.name.startswith(".model.") and path.name.endswith((".staging", ".replaced"))
-
-
 def remove_previous_run(output_dir: Path) -> None:
     """--overwrite_output_dir: remove what an earlier run wrote, by the exact names it writes (checkpoints and their
     staging folders, model, results, logs), so that no stale checkpoint is resumed later. Other files are left
@@ -206,7 +201,7 @@ def remove_previous_run(output_dir: Path) -> None:
     folders, files = [], []
     for path in output_dir.iterdir():
         staged_checkpoint = CHECKPOINT.fullmatch(path.name.removesuffix(".tmp"))
-        if staged_checkpoint or path.name in ("model", TRACKER_PROJECT) or is_staged_model(path):
+        if staged_checkpoint or path.name in ("model", TRACKER_PROJECT):
             folders.append(path)
         elif path.name in (RUN_FILE, "results.json", "learning_curve.png"):
             files.append(path)
@@ -430,8 +425,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             remove_previous_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_marker(output_dir, RUN_FOLDER)
-        for leftover in filter(is_staged_model, output_dir.iterdir()):  # this run folder's own, from a killed run
-            shutil.rmtree(leftover)
+        remove_stale_temporaries(output_dir / "model")  # what a killed run left while writing the model folder
         write_atomically(run_file, json.dumps(fingerprint, indent=2))
     accelerator.wait_for_everyone()
 
