@@ -35,15 +35,23 @@ from freqtr_hf.models.freqvit.token_schedule import configured_sequence_lengths
 from freqtr_hf.models.freqvit.token_state import AttentionMaps, TokenState
 from freqtr_hf.cli import HelpFormatter, positive_int
 
-DEIT_SHAPES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
-# not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost
-SHAPES = {**DEIT_SHAPES, "overhead": (8, 1)}
+# name -> (width, heads, blocks, image size); patch 16 throughout
+SHAPES = {
+    "tiny": (192, 3, 12, 224), "small": (384, 6, 12, 224), "base": (768, 12, 12, 224),
+    # long sequences: 577 tokens at 384 px
+    "base-384": (768, 12, 12, 384), "large": (1024, 16, 24, 224), "large-384": (1024, 16, 24, 384),
+    # not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost
+    "overhead": (8, 1, 12, 224),
+}
 # name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
 VARIANTS = {
     "freqvit-off": dict(reduction_method="none"),
     "freq": dict(reduction_method="freq"),
     "freq-logits": dict(reduction_method="freq", score_source="logits"),
     "freq-training-free": dict(reduction_method="freq", **TRAINING_FREE_FREQ),
+    # each stage's sequence rounded to a multiple of 8 or 64 tokens (GPU tiles)
+    "freq-x8": dict(reduction_method="freq", sequence_multiple=8),
+    "freq-x64": dict(reduction_method="freq", sequence_multiple=64),
     "topk": dict(reduction_method="topk"),
     "evit": dict(reduction_method="evit"),
     "tome": dict(reduction_method="tome"),
@@ -122,8 +130,9 @@ def matmuls_alone(
 
 def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
     """ViT and each FreqViT variant, sharing one set of random weights, with their MACs."""
-    width, heads = SHAPES[size]
-    shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width, num_labels=1000)
+    width, heads, depth, image_size = SHAPES[size]
+    shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width, num_hidden_layers=depth,
+                 image_size=image_size, num_labels=1000)
     vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
     models = {"vit": (vit, count_macs(vit.config))}
     for name in variants:
@@ -137,7 +146,10 @@ def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tup
 
 def shape_title(size: str) -> str:
     """How a report names a `--sizes` entry."""
-    return "width 8, one head (per-op overhead)" if size == "overhead" else f"DeiT-{size[0].upper()} shapes"
+    if size == "overhead":
+        return "width 8, one head (per-op overhead)"
+    name, _, resolution = size.partition("-")
+    return f"{'DeiT' if name != 'large' else 'ViT'}-{name[0].upper()}/16 shapes at {resolution or 224} px"
 
 
 def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -251,7 +263,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=SHAPES,
-                        help="DeiT shapes, or 'overhead': width 8, one head, where only the per-op cost is left")
+                        help="DeiT/ViT shapes (-384: at 384 px, 577 tokens), or 'overhead': width 8, one head, where "
+                        "only the per-op cost is left")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=positive_int, default=7, help="timed forwards per model")
@@ -282,7 +295,8 @@ def main() -> None:
         for size in args.sizes:
             models = build_models(size, args.methods, device, dtype)
             for batch_size in args.batch_sizes:
-                pixels = torch.randn(batch_size, 3, 224, 224, device=device, dtype=dtype)
+                image_size = SHAPES[size][3]
+                pixels = torch.randn(batch_size, 3, image_size, image_size, device=device, dtype=dtype)
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
                 ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
                 report(f"{shape_title(size)}, {dtype_name}, batch {batch_size}", models, times, peaks, batch_size, ops)
@@ -299,7 +313,7 @@ def main() -> None:
                         report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
                                "against compiled ViT", compiled, times, peaks, batch_size)
             if args.training_memory:
-                pixels = torch.randn(64, 3, 224, 224, device=device, dtype=dtype)
+                pixels = torch.randn(64, 3, SHAPES[size][3], SHAPES[size][3], device=device, dtype=dtype)
                 vit_bytes = saved_activation_bytes(models["vit"][0], pixels)
                 freq_bytes = saved_activation_bytes(models["freq"][0], pixels)
                 print(f"\ntraining step, {shape_title(size)}, {dtype_name}, batch 64: activations kept for backward "

@@ -7,7 +7,9 @@ from .models.freqvit.token_schedule import pair, patch_grid, sequence_lengths
 
 def count_macs(config: ViTConfig, image_size: int | tuple[int, int] | None = None) -> int:
     """MACs of one image through the model: patch embedding, per block the q/k/v/o projections, QKᵀ and AV at the
-    block's attention length and the MLP at its (possibly reduced) MLP length, and the classifier.
+    block's attention length and the MLP at its (possibly reduced) MLP length, and the classifier. For `freq` also
+    the DC tokens' averaging (a matmul of the W window weights with the non-CLS tokens: W × tokens × width per
+    stage, about 0.01% of the total).
 
     A plain `ViTConfig` counts as the unreduced model. `image_size` defaults to `config.image_size`.
     """
@@ -17,7 +19,10 @@ def count_macs(config: ViTConfig, image_size: int | tuple[int, int] | None = Non
     method = getattr(config, "reduction_method", "none")
     stages = config.reduction_stages if method != "none" else []
     macs = grid[0] * grid[1] * config.num_channels * patch_h * patch_w * width
-    for attention_length, mlp_length in sequence_lengths(method, config.num_hidden_layers, stages, grid):
+    windows = {stage.layer: stage.window_size**2 for stage in stages} if method == "freq" else {}
+    lengths = sequence_lengths(method, config.num_hidden_layers, stages, grid)
+    for layer, (attention_length, mlp_length) in enumerate(lengths):
+        macs += windows.get(layer, 0) * (attention_length - 1) * width  # DC tokens: weights (W, n - 1) @ tokens
         macs += 4 * attention_length * width * width  # q, k, v, o projections
         macs += 2 * attention_length**2 * width  # QKᵀ and AV
         macs += 2 * mlp_length * width * mlp_width  # fc1, fc2

@@ -1,11 +1,20 @@
 import pytest
+from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import BertConfig, ViTConfig
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, TRAINING_FREE_FREQ
-from freqtr_hf.models.freqvit.token_schedule import sequence_lengths
-
-from conftest import tiny_config
+from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf.models.freqvit.configuration_freqvit import (
+    FREQ_PRESETS,
+    REDUCTION_FIELDS,
+    TRAINING_FREE_FREQ,
+)
+from freqtr_hf.models.freqvit.token_schedule import (
+    ReductionStage,
+    configured_sequence_lengths,
+    sequence_lengths,
+)
 
 
 def test_defaults_follow_the_method():
@@ -93,3 +102,31 @@ def test_not_a_vit_checkpoint_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="'bert' checkpoint"):
         FreqViTForImageClassification.from_pretrained(tmp_path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(0.05, 0.95), count=st.integers(1, 600), multiple=st.sampled_from([2, 8, 64, 128]),
+       added=st.sampled_from([0, 1, 4]))
+def test_sequence_multiple_rounds_to_the_nearest_length_that_still_reduces(rate, count, multiple, added):
+    plain = ReductionStage(0, rate, added=added).kept(count)
+    stage = ReductionStage(0, rate, multiple=multiple, added=added)
+    kept = stage.kept(count)
+    length = 1 + kept + added
+    if length % multiple == 0:
+        assert 1 <= kept <= count - 1 - added
+        # no other fitting length is nearer to the unrounded one
+        fitting = [k for k in range(1, count - added) if (1 + k + added) % multiple == 0]
+        assert abs(kept - plain) == min(abs(k - plain) for k in fitting)
+    else:  # no multiple fits: the rate's count
+        assert kept == plain and not [k for k in range(1, count - added) if (1 + k + added) % multiple == 0]
+
+
+def test_sequence_multiple_is_checked_and_counted():
+    config = FreqViTConfig(sequence_multiple=8)
+    assert [mlp for _, mlp in configured_sequence_lengths(config)][2:11:3] == [197, 144, 96]
+    assert count_macs(config) < count_macs(FreqViTConfig())  # 142 -> 144 tokens, 97 -> 96, 68 -> 64
+    for value in (0, -8):
+        with pytest.raises(ValueError, match="sequence_multiple"):
+            FreqViTConfig(sequence_multiple=value)
+    with pytest.raises(ValueError, match="sequence_multiple"):
+        FreqViTConfig(reduction_method="tome", tome_r=8, sequence_multiple=8)

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification
-from freqtr_hf.models.freqvit.reduction_frequency import merge_into_dc_tokens
+from freqtr_hf.models.freqvit.reduction_frequency import merge_into_dc_tokens, window_members
 from freqtr_hf.cli import main
 
 from conftest import vit_twin, write_images, write_tiny_vit
@@ -70,6 +70,56 @@ def test_reduction_off_on_cuda_gives_the_vit_logits():
     with torch.inference_mode():
         difference = (model.to("cuda")(pixels).logits - vit.to("cuda")(pixels).logits).abs().max()
     assert difference <= 1e-5
+
+
+@pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"]], ids=["freq", "preset"])
+def test_bfloat16_on_cuda_stays_close_to_float32(fields):
+    model = deit_layout_model(fields).to("cuda")
+    pixels = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.inference_mode():
+        full = model(pixels).logits
+        half = model.to(torch.bfloat16)(pixels.to(torch.bfloat16)).logits.float()
+    assert torch.isfinite(half).all()
+    # bf16 keeps 8 bits of mantissa: the logits move by a few hundredths, not by their own size
+    assert (half - full).abs().max() < 0.1 * full.abs().max()
+
+
+def test_a_changed_omega_is_used_on_cuda():
+    """On an accelerator the zero-ω check is cached (reading ω would synchronise the host): an in-place write is
+    seen at once, a `.data` write (no version counter) at the next `eval()`."""
+    model = deit_layout_model(METHODS["freq"]).to("cuda")
+    pixels = torch.randn(2, 3, 224, 224, device="cuda")
+    gains = [layer.attention.high_pass_gain for layer in model.vit.layers]
+    with torch.no_grad():
+        unweighted = model(pixels).logits  # cached: every ω is zero
+        for gain in gains:
+            gain.fill_(0.5)
+        in_place = model(pixels).logits
+        for gain in gains:
+            gain.fill_(0.0)
+        torch.testing.assert_close(model(pixels).logits, unweighted)  # cached again: zero
+        for gain in gains:
+            gain.data.fill_(0.5)
+        model.eval()
+        torch.testing.assert_close(model(pixels).logits, in_place)
+    assert not torch.allclose(in_place, unweighted)
+
+
+@pytest.mark.parametrize("count_weighted", [True, False])
+@pytest.mark.parametrize("num_windows", [1, 4])
+def test_dc_tokens_compile_to_the_eager_means(count_weighted, num_windows):
+    """The DC tokens are one matmul of averaging weights with the tokens (no scatter-add: inductor's CUDA code for
+    one into a size-1 target read the result before the adds landed, pytorch/pytorch#191571). The shapes of a last
+    stage (one window) and of a first (four)."""
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 30, 64, device="cuda")
+    sizes = torch.cat([torch.randint(0, 4, (1, 29), device="cuda").float(), torch.tensor([[101.0]], device="cuda")], 1)
+    members = window_members(torch.randint(4, (1, 30), device="cuda"), 4) if num_windows == 4 else None
+    torch.compiler.reset()
+    compiled = torch.compile(merge_into_dc_tokens, fullgraph=True, dynamic=False)
+    for got, expected in zip(compiled(tokens, members, sizes, count_weighted),
+                             merge_into_dc_tokens(tokens, members, sizes, count_weighted)):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("fields", [METHODS["freq"], METHODS["training-free-preset"]], ids=["freq", "preset"])

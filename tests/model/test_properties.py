@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.models.freqvit.configuration_freqvit import REDUCTION_METHODS, REDUCTION_FIELDS
-from freqtr_hf.models.freqvit.token_schedule import PRUNING_METHODS
+from freqtr_hf.models.freqvit.token_schedule import PRUNING_METHODS, sequence_lengths
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELD_NAMES = (*REDUCTION_FIELDS, "image_size", "patch_size", "num_hidden_layers")
@@ -39,6 +39,7 @@ def configs(draw) -> dict:
         "merge_features": draw(st.sampled_from(["keys", "hidden_states"])),
         "proportional_attention": draw(st.booleans()),
         "dc_key_weight_exponent": draw(st.sampled_from([1.0, 0.5, 0.0, -1.0])),
+        "sequence_multiple": draw(st.sampled_from([1, 1, 2, 4, 8, 0])),
     }
 
 
@@ -60,7 +61,11 @@ def test_a_config_is_refused_naming_a_field_or_runs_finite_and_batch_consistent(
         batch = model(pixels).logits
         alone = torch.cat([model(pixels[i : i + 1]).logits for i in range(3)])
         traced = model(pixels, output_token_provenance=True)
+        hidden_states = model(pixels, output_hidden_states=True).hidden_states
     assert batch.shape == (3, 5) and torch.isfinite(batch).all()
+    grid = config.image_size // config.patch_size
+    lengths = sequence_lengths(config.reduction_method, config.num_hidden_layers, config.reduction_stages, (grid, grid))
+    assert [1 + grid**2] + [mlp for _, mlp in lengths] == [state.shape[1] for state in hidden_states]
     torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(traced.logits, batch)  # tracking provenance changes nothing
     for stage in traced.token_provenance:  # every patch is kept, merged or dropped: exactly one of them

@@ -22,7 +22,7 @@ REDUCTION_FIELDS = (
     "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
     "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
     "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
-    "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool",
+    "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool", "sequence_multiple",
 )
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
@@ -86,6 +86,11 @@ class FreqViTConfig(ViTConfig):
         chosen by redundancy: those most similar (cosine on `merge_features`) to a token above the pool, which is
         always kept. `0` (the paper): the lowest-scoring tokens are given up. It acts only where a stage gives up
         fewer than `round(p · candidates)` tokens (keep rates above `1 − p`). In [0, 1).
+    sequence_multiple (`int`, defaults to 1):
+        Round each stage's kept count to the nearest one that makes the sequence after the stage (CLS, kept tokens,
+        DC or fused tokens) a multiple of this, e.g. 8, 64 or 128 to fill GPU tiles; a stage still keeps one token
+        and shortens the sequence, and keeps its unrounded count where no multiple allows that. `1`: no rounding. The MAC
+        count follows the rounded counts. Not with `tome_r`.
     tome_r (`int`, *optional*):
         ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
         `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
@@ -119,6 +124,7 @@ class FreqViTConfig(ViTConfig):
     proportional_attention: bool = False
     dc_key_weight_exponent: float | int = 1.0
     low_frequency_pool: float | int = 0.0
+    sequence_multiple: int = 1
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -165,6 +171,10 @@ class FreqViTConfig(ViTConfig):
             raise ValueError(f"hidden_size: DynamicViT's keep predictor needs at least 4, got {self.hidden_size}")
         if self.tome_r is not None and self.reduction_method != "tome":
             raise ValueError(f"tome_r: per-layer ToMe's setting, but reduction_method is {self.reduction_method!r}")
+        if self.sequence_multiple < 1:
+            raise ValueError(f"sequence_multiple: must be >= 1, got {self.sequence_multiple!r}")
+        if self.sequence_multiple > 1 and self.tome_r is not None:
+            raise ValueError("sequence_multiple: per-layer ToMe (tome_r) merges a fixed number of tokens per block")
         if self.tome_r is not None and self.tome_r < 1:
             raise ValueError(f"tome_r: must be a positive number of tokens, got {self.tome_r}")
         for name, (low, high) in ITERATION_LIMITS.items():
@@ -245,9 +255,13 @@ class FreqViTConfig(ViTConfig):
             return []
         if self.tome_r is not None:
             return [ReductionStage(layer, 1.0, remove=self.tome_r) for layer in range(self.num_hidden_layers)]
-        sizes = self.dc_window_sizes if self.reduction_method == "freq" else (1,) * len(self.reduction_layers)
+        method = self.reduction_method
+        sizes = self.dc_window_sizes if method == "freq" else (1,) * len(self.reduction_layers)
         return [
-            ReductionStage(layer, rate, size)
+            ReductionStage(
+                layer, rate, size, multiple=self.sequence_multiple,
+                added=size**2 if method == "freq" else int(method == "evit"),
+            )
             for layer, rate, size in zip(self.reduction_layers, self.keep_rates, sizes)
             if rate < 1.0
         ]

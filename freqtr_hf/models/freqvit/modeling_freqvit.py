@@ -82,6 +82,28 @@ def current_name(name: str) -> str:
     return name
 
 
+def attention_with_probabilities(
+    module: nn.Module,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention that also returns its probabilities, for the blocks whose reducer reads them: ViT's eager attention
+    in the fewest ops (in eager mode each is a kernel launch). The softmax runs in the input dtype, accumulating in
+    fp32 as PyTorch's kernels do; dropout only in training. queries, keys, values (B, h, n, d), an additive bias
+    (B, 1, 1, n) -> the output (B, n, h, d) and the probabilities (B, h, n, n)."""
+    logits = queries @ keys.transpose(-1, -2) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    probs = logits.softmax(dim=-1)
+    attended = probs
+    if module.training and module.attention_dropout:
+        attended = nn.functional.dropout(probs, p=module.attention_dropout)
+    return (attended @ values).transpose(1, 2), probs
+
+
 class FreqViTAttention(ViTAttention):
     """ViT self-attention with the frequency-aware reweighting `Â = A + ω1·(A − 1/n) + ω2·A⊙M_DC` (per head).
 
@@ -126,20 +148,23 @@ class FreqViTAttention(ViTAttention):
                 row_gain = row_gain + torch.where(dc_rows, self.dc_gain[:, None], 0.0)
             values = value_states * row_gain[..., None].to(value_states.dtype)
 
-        attention_interface: Callable = eager_attention_forward
-        if not need_probs:
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        if need_probs:
+            attn_output, attn_weights = attention_with_probabilities(
+                self, query_states, key_states, values, attention_mask, self.scaling
+            )
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            values,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-        )
+            attn_output, attn_weights = attention_interface(
+                self,
+                query_states,
+                key_states,
+                values,
+                attention_mask,
+                dropout=0.0 if not self.training else self.attention_dropout,
+                scaling=self.scaling,
+            )
         if reweight:
             # the low-pass part A_LP V = mean over keys of V; (B, 1, h, head_dim) against (B, n, h, head_dim)
             low_pass = value_states.mean(dim=2)[:, None] * self.high_pass_gain[:, None].to(value_states.dtype)
@@ -186,16 +211,19 @@ class FreqViTLayer(GradientCheckpointingLayer):
         hidden_states, maps = self.attention(
             hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias, reweight
         )
-        hidden_states = self.dropout(hidden_states) + residual
+        hidden_states = self.drop(hidden_states) + residual
 
         if self.token_reducer is not None:
             hidden_states, tokens = self.token_reducer(hidden_states, maps, tokens)
 
         residual = hidden_states
         hidden_states = self.layernorm_after(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.dropout(hidden_states) + residual
+        hidden_states = self.drop(self.mlp(hidden_states)) + residual
         return hidden_states, tokens, maps.probs if output_attentions else None
+
+    def drop(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """ViT's dropout on a residual branch; outside training not even dispatched (each op costs a launch)."""
+        return self.dropout(hidden_states) if self.training and self.dropout.p else hidden_states
 
 
 @dataclass

@@ -13,13 +13,18 @@ from .configuration_freqvit import FreqViTConfig
 from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from .reduction_frequency import (
     absorb_into_kept_tokens,
+    given_up_indices,
+    given_up_tokens,
+    grid_window_members,
     high_frequency_logit_scores,
-    high_frequency_scores,
     merge_into_dc_tokens,
     nearest_destinations,
+    received_attention,
     split_by_redundancy,
     split_by_score,
+    transfer_members,
     window_index,
+    window_members,
     window_transfer,
 )
 from .reduction_learned import KeepPredictor, sinkhorn_assignment, soft_merge
@@ -94,20 +99,32 @@ class FrequencyReducer(TokenReducer):
             nn.Parameter(torch.zeros(num_windows, config.hidden_size)) if config.dc_position_embedding else None
         )
 
-    def dc_means(
-        self, low: torch.Tensor, low_windows: torch.Tensor, low_sizes: torch.Tensor, old_dc: torch.Tensor | None,
-        tokens: TokenState, old_dc_windows: torch.Tensor | None,
+    def window_members(self, tokens: TokenState, device: torch.device) -> torch.Tensor | None:
+        """(1 or B, W, m + d): the candidates and earlier DC tokens each of this stage's windows takes in; None for
+        one window (it takes in all)."""
+        window_size = self.stage.window_size
+        if window_size == 1:
+            return None
+        if self.previous_stage is None:  # the candidates are the whole patch grid, in order: a constant
+            return grid_window_members(tokens.grid, window_size, device)[None]
+        candidates = window_members(window_index(tokens.grid, window_size, device)[tokens.patch_ids], window_size**2)
+        if not tokens.num_merged:
+            return candidates
+        earlier = transfer_members(tokens.grid, self.previous_stage.window_size, window_size, device)
+        return torch.cat([candidates, earlier.expand(candidates.shape[0], -1, -1)], dim=2)
+
+    def dc_tokens(
+        self, tokens_in: torch.Tensor, members: torch.Tensor | None, sizes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The DC tokens of `low` (B, l, C) and `old_dc` (B, d, C), and their patch counts (B, W)."""
+        """The DC tokens (B, W, C) of `tokens_in` (B, m + d, C) weighted by `sizes` (B, m + d), their patch counts."""
         return merge_into_dc_tokens(
-            low, low_windows, low_sizes, self.stage.window_size**2, old_dc, tokens.merged_sizes, old_dc_windows,
-            count_weighted=self.count_weighted, fill_global_mean=self.fill_global_mean,
+            tokens_in, members, sizes, count_weighted=self.count_weighted, fill_global_mean=self.fill_global_mean
         )
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
-        num_candidates, window_size = tokens.num_candidates, self.stage.window_size
+        num_candidates = tokens.num_candidates
         if self.needs_attention_probs:
-            scores = high_frequency_scores(maps.probs)
+            scores = received_attention(maps.probs)  # ranks as the paper's score, which subtracts 1/n
         else:
             scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
         scores = scores[:, 1 : 1 + num_candidates]
@@ -119,51 +136,58 @@ class FrequencyReducer(TokenReducer):
         use_pool = pool_size > num_given_up
         # the head-averaged keys, once, when the pool or the nearest merge compares keys
         keys = maps.keys.mean(dim=1) if self.merge_on_keys and (use_pool or self.merge_nearest) else None
+        low_idx = None
         if use_pool:
             features = hidden_states if keys is None else keys
             keep_idx, low_idx = split_by_redundancy(scores, features[:, 1 : 1 + num_candidates], num_keep, pool_size)
         else:
-            keep_idx, low_idx = split_by_score(scores, num_keep)
-        # sequence positions: gathering from the whole sequence copies no slice of it
-        keep_at, low_at = 1 + keep_idx, 1 + low_idx
-        candidate_windows = window_index(tokens.grid, window_size, hidden_states.device)[tokens.patch_ids]
-        low_windows = candidate_windows.gather(1, low_idx)
-        old_dc, old_dc_windows = None, None
+            keep_idx = split_by_score(scores, num_keep)
+        given_up = given_up_tokens(keep_idx, scores)  # (B, m)
+        if low_idx is None and (self.merge_nearest or tokens.patch_to_token is not None):
+            low_idx = given_up_indices(given_up, num_given_up)
+        device = hidden_states.device
+        members = self.window_members(tokens, device)
+        # what each candidate and earlier DC token brings to the DC tokens: its patch count if given up, else nothing
+        sizes = given_up if tokens.candidate_sizes is None else given_up * tokens.candidate_sizes
         if tokens.num_merged:
-            old_dc = hidden_states[:, 1 + num_candidates :]
-            old_dc_windows = window_transfer(
-                tokens.grid, self.previous_stage.window_size, window_size, hidden_states.device
-            )
-        low = gather_tokens(hidden_states, low_at)
-        candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
-        low_sizes, kept_sizes = candidate_sizes.gather(1, low_idx), None
-        destinations, kept = None, None
+            sizes = torch.cat([sizes, tokens.merged_sizes], dim=1)
+        kept = gather_tokens(hidden_states, keep_idx, first=1)
+        kept_sizes, destinations, low_windows = None, None, None
+        if low_idx is not None:
+            candidate_windows = window_index(tokens.grid, self.stage.window_size, device)[tokens.patch_ids]
+            low_windows = candidate_windows.gather(1, low_idx)
         if self.merge_nearest:
             # compare in feature space with the DC token the paper's rule would make for the window
-            kept = gather_tokens(hidden_states, keep_at)
-            low_features, kept_features, old_features = low, kept, old_dc
+            low = gather_tokens(hidden_states, low_idx, first=1)
+            low_features, kept_features, features = low, kept, hidden_states
             if keys is not None:
-                low_features, kept_features = gather_tokens(keys, low_at), gather_tokens(keys, keep_at)
-                old_features = keys[:, 1 + num_candidates :] if tokens.num_merged else None
-            centres, _ = self.dc_means(low_features, low_windows, low_sizes, old_features, tokens, old_dc_windows)
+                features = keys
+                low_features, kept_features = gather_tokens(keys, low_idx, first=1), gather_tokens(keys, keep_idx, first=1)
+            centres, _ = self.dc_tokens(features[:, 1:], members, sizes)
             destinations = nearest_destinations(low_features, kept_features, centres, low_windows)
+            candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
             kept, kept_sizes = absorb_into_kept_tokens(
-                kept, candidate_sizes.gather(1, keep_idx), low, low_sizes, destinations
+                kept, candidate_sizes.gather(1, keep_idx), low, candidate_sizes.gather(1, low_idx), destinations
             )
-            low_sizes = torch.where(destinations >= 0, 0.0, low_sizes)  # those joined no longer reach the DC
-        dc_tokens, dc_sizes = self.dc_means(low, low_windows, low_sizes, old_dc, tokens, old_dc_windows)
+            # those that joined a kept token no longer reach the DC tokens
+            joined = torch.zeros(sizes.shape, dtype=torch.bool, device=device).scatter_(1, low_idx, destinations >= 0)
+            sizes = sizes.masked_fill(joined, 0.0)
+        dc_tokens, dc_sizes = self.dc_tokens(hidden_states[:, 1:], members, sizes)
         if self.dc_position_embeddings is not None:
             dc_tokens = dc_tokens + self.dc_position_embeddings
         merge_target, join_target = None, None
         if tokens.patch_to_token is not None:
-            merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=hidden_states.device)
+            low_at = 1 + low_idx
+            merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=device)
             low_targets = low_windows
             if destinations is not None:  # a token that joined a kept token is in no DC token
                 join_target = merge_target.scatter(1, low_at, destinations)
                 low_targets = torch.where(destinations >= 0, -1, low_windows)
             merge_target.scatter_(1, low_at, low_targets)
             if tokens.num_merged:
-                merge_target[:, 1 + num_candidates :] = old_dc_windows
+                merge_target[:, 1 + num_candidates :] = window_transfer(
+                    tokens.grid, self.previous_stage.window_size, self.stage.window_size, device
+                )
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, dc_tokens, dc_sizes, merge_target, join_target,
             kept_sizes=kept_sizes, kept_tokens=kept, proportional_attention=self.proportional_attention,
@@ -311,7 +335,7 @@ class KMedoidsReducer(TokenReducer):
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
         token_sizes = tokens.token_sizes()[:, 1:]
         sizes = group_sums(token_sizes, assignment, num_clusters)
-        merged = gather_tokens(hidden_states, 1 + medoids)
+        merged = gather_tokens(hidden_states, medoids, first=1)
         merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 

@@ -8,14 +8,22 @@ import torch
 from .token_state import gather_tokens, grid_constant, group_means, group_sums
 
 
+def received_attention(attention_probs: torch.Tensor) -> torch.Tensor:
+    """The attention each key token receives: the column mean of the attention over heads and queries, in fp32.
+    It ranks tokens as the high-frequency score does (they differ by the constant 1/n).
+
+    attention_probs: (B, h, n, n) row-stochastic attention, before any reweighting. Returns (B, n).
+    """
+    return attention_probs.mean(dim=(1, 2), dtype=torch.float32)
+
+
 def high_frequency_scores(attention_probs: torch.Tensor) -> torch.Tensor:
     """Score of each key token: the column mean of the high-pass attention `A_HP = A − 11ᵀ/n`, averaged over heads,
     in fp32.
 
     attention_probs: (B, h, n, n) row-stochastic attention, before any reweighting. Returns (B, n).
     """
-    n = attention_probs.shape[-1]
-    return attention_probs.mean(dim=(1, 2), dtype=torch.float32) - 1.0 / n
+    return received_attention(attention_probs) - 1.0 / attention_probs.shape[-1]
 
 
 def high_frequency_logit_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -29,13 +37,20 @@ def high_frequency_logit_scores(queries: torch.Tensor, keys: torch.Tensor, scali
     return (query_sum @ keys.float().transpose(-1, -2)).squeeze(2).mean(dim=1) * scaling
 
 
-def split_by_score(scores: torch.Tensor, num_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the `num_keep` highest scores, in their original order, and of the rest, best first.
+def split_by_score(scores: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Indices of the `num_keep` highest scores, in no particular order (the blocks after a reduction do not read
+    the token order). scores: (B, m). Returns (B, num_keep)."""
+    return scores.topk(num_keep, dim=1, sorted=False).indices
 
-    scores: (B, m). Returns (B, num_keep) and (B, m − num_keep).
-    """
-    order = scores.argsort(dim=1, descending=True)
-    return order[:, :num_keep].sort(dim=1).values, order[:, num_keep:]
+
+def given_up_tokens(keep_idx: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+    """(B, m) 1.0 for the candidates not in `keep_idx` (B, k), 0.0 for the kept ones, in the scores' dtype."""
+    return torch.ones_like(scores).scatter_(1, keep_idx, 0.0)
+
+
+def given_up_indices(given_up: torch.Tensor, num_given_up: int) -> torch.LongTensor:
+    """(B, m) mask from `given_up_tokens` -> the indices of the tokens given up (B, num_given_up), in order."""
+    return given_up.argsort(dim=1, descending=True, stable=True)[:, :num_given_up]
 
 
 def split_by_redundancy(
@@ -96,45 +111,63 @@ def window_transfer(
     return new_rows * new_size + new_cols
 
 
+def window_members(windows: torch.LongTensor, num_windows: int) -> torch.BoolTensor:
+    """windows (B, t) (or (t,)): the window of each token -> (B, W, t) (or (W, t)): which tokens each window holds."""
+    return windows.unsqueeze(-2) == window_numbers(num_windows, windows.device)
+
+
+@grid_constant
+def window_numbers(num_windows: int, device: torch.device | None = None) -> torch.Tensor:
+    """(W, 1): 0 … W − 1 as a column, to compare windows with. A constant: cached."""
+    return torch.arange(num_windows, device=device)[:, None]
+
+
+@grid_constant
+def grid_window_members(grid: tuple[int, int], window_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """(W, P): the patches of a grid each w × w window holds. A constant per grid: cached."""
+    return window_members(window_index(grid, window_size, device), window_size**2)
+
+
+@grid_constant
+def transfer_members(
+    grid: tuple[int, int], old_size: int, new_size: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(new_size², old_size²): the old windows' DC tokens each new window takes in (see `window_transfer`)."""
+    return window_members(window_transfer(grid, old_size, new_size, device), new_size**2)
+
+
 def merge_into_dc_tokens(
-    low_tokens: torch.Tensor,
-    low_windows: torch.Tensor,
-    low_sizes: torch.Tensor,
-    num_windows: int,
-    old_dc_tokens: torch.Tensor | None = None,
-    old_dc_sizes: torch.Tensor | None = None,
-    old_dc_windows: torch.Tensor | None = None,
+    tokens: torch.Tensor,
+    members: torch.Tensor | None,
+    sizes: torch.Tensor,
     count_weighted: bool = True,
     fill_global_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average each window's low-frequency tokens (and the DC tokens folded into it) into one DC token.
+    """Average each window's tokens (low-frequency candidates and the earlier DC tokens folded into it) into one DC
+    token, as one batched matmul of averaging weights with the tokens (which accumulates in fp32 on accelerators and
+    copies no token).
 
-    low_tokens: (B, l, C) and their windows (B, l); low_sizes (B, l): the original patches each stands for (0
-    leaves a token out). old_dc_tokens: (B, d, C), the number of original patches each stands for
-    (B, d), and the new window each goes into (d,). With `count_weighted` a token weighs as many patches as it
-    stands for, otherwise as one token (a token of no patch, such as an empty window's filler, weighs nothing). A
-    window that receives nothing gets the global mean of all it was given (`fill_global_mean`) or zeros. Returns DC
-    tokens (B, num_windows, C) and their patch counts (B, num_windows).
+    tokens: (B, t, C). members: (1 or B, W, t) bool, the tokens each window takes in, or None: one window takes in
+    every token. sizes: (B, t), the original patches each token stands for; 0 leaves a token out (a kept one).
+    With `count_weighted` a token weighs as many patches as it stands for, otherwise as one token (a token of no
+    patch, such as an empty window's filler, weighs nothing). A window that takes in nothing gets the mean of all
+    the tokens given (`fill_global_mean`) or zeros. The weights are computed in fp32 and rounded to the tokens'
+    dtype. Returns the DC tokens (B, W, C) and their patch counts (B, W).
     """
-    batch = low_tokens.shape[0]
-    tokens, windows = low_tokens, low_windows
-    sizes = low_sizes.float()
-    weights = sizes if count_weighted else (sizes > 0).float()
-    if old_dc_tokens is not None:
-        tokens = torch.cat([low_tokens, old_dc_tokens], dim=1)
-        windows = torch.cat([low_windows, old_dc_windows.expand(batch, -1)], dim=1)
-        old_weights = old_dc_sizes if count_weighted else (old_dc_sizes > 0).float()  # an empty window's filler: none
-        weights = torch.cat([weights, old_weights], dim=1)
-        sizes = torch.cat([sizes, old_dc_sizes], dim=1)
-    dc_tokens, totals = group_means(tokens, windows, weights, num_windows)
-    dc_sizes = totals if count_weighted else group_sums(sizes, windows, num_windows)
-    if fill_global_mean:
-        # the schedule check guarantees low-frequency content; the clamp keeps an empty one finite all the same
-        fill = ((dc_tokens * totals[..., None]).sum(1) / totals.sum(1, keepdim=True).clamp_min(1e-12))[:, None, :]
-    else:
-        fill = torch.zeros_like(dc_tokens[:, :1])
-    dc_tokens = torch.where(totals[..., None] > 0, dc_tokens, fill)
-    return dc_tokens.to(low_tokens.dtype), dc_sizes
+    weights = (sizes if count_weighted else (sizes > 0).to(sizes.dtype)).unsqueeze(1)  # (B, 1, t)
+    shares = weights if members is None else members * weights
+    totals = shares.sum(-1, keepdim=True)  # (B, W, 1)
+    norms = totals
+    if fill_global_mean and members is not None:
+        shares = torch.where(totals > 0, shares, weights)
+        norms = shares.sum(-1, keepdim=True)
+    shares = shares / norms.clamp_min(1e-12)
+    dc_tokens = (shares if shares.dtype == tokens.dtype else shares.to(tokens.dtype)) @ tokens
+    if not count_weighted:
+        totals = sizes.unsqueeze(1).sum(-1, keepdim=True) if members is None else (members * sizes.unsqueeze(1)).sum(
+            -1, keepdim=True
+        )
+    return dc_tokens, totals.squeeze(-1)
 
 
 def nearest_destinations(

@@ -17,24 +17,42 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ReductionStage:
     """One reduction step after the attention of block `layer`: keep `keep_rate` of the reducible tokens, or,
-    with `remove` set (ToMe's per-layer form), all but `remove` of them. `window_size`: DC windows (`freq`)."""
+    with `remove` set (ToMe's per-layer form), all but `remove` of them. `window_size`: DC windows (`freq`).
+    `multiple`: round the kept count so that the sequence after the stage (CLS, the kept tokens and the `added` ones
+    the stage makes: `freq`'s DC tokens, EViT's fused token) is a multiple of it (GPU tiles)."""
 
     layer: int
     keep_rate: float
     window_size: int = 1
     remove: int | None = None
+    multiple: int = 1
+    added: int = 0
 
     def kept(self, count: int) -> int:
         """Tokens left of `count` reducible ones: `⌊keep_rate · count⌋` (robust to float error: 0.29 · 100 is
         28.999…), or, per layer, `count − remove` with at most half of them merged (ToMe's cap ⌊(t − 1)/2⌋, t the
-        tokens with CLS)."""
+        tokens with CLS); then rounded to the `multiple`."""
         if self.remove is not None:
             return count - min(self.remove, count // 2)
-        return math.floor(self.keep_rate * count + 1e-6)
+        return self.rounded(math.floor(self.keep_rate * count + 1e-6), count)
 
     def kept_rounding_up(self, count: int) -> int:
-        """`⌈keep_rate · count⌉`, EViT's rule (robust to float error like `kept`)."""
-        return math.ceil(self.keep_rate * count - 1e-6)
+        """`⌈keep_rate · count⌉`, EViT's rule (robust to float error like `kept`), rounded to the `multiple`."""
+        return self.rounded(math.ceil(self.keep_rate * count - 1e-6), count)
+
+    def rounded(self, kept: int, count: int) -> int:
+        """`kept` moved to the nearest count (the smaller on a tie) that makes the sequence length a multiple of
+        `multiple`, keeps at least one token and still shortens the sequence (at most `count − 1 − added`); unchanged
+        where no such count exists."""
+        if self.multiple == 1:
+            return kept
+        length = 1 + kept + self.added
+        below = length - length % self.multiple
+        above = below + self.multiple if length % self.multiple else below
+        for target in sorted((below, above), key=lambda target: abs(target - length)):
+            if 1 <= target - 1 - self.added <= count - 1 - self.added:
+                return target - 1 - self.added
+        return kept
 
 
 def stage_output(method: str, stage: ReductionStage, candidates: int, merged: int) -> tuple[int, int]:

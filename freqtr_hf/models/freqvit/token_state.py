@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache, wraps
 
 import torch
+from torch import nn
 
 
 def grid_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -75,19 +76,20 @@ class TokenProvenance:
 
 
 @grid_constant
-def row_offsets(batch: int, stride: int, device: torch.device | None = None) -> torch.Tensor:
-    """(batch, 1): the first row of each image in a (batch · stride)-row flattening. A constant: cached."""
-    return torch.arange(batch, device=device)[:, None] * stride
+def row_offsets(batch: int, stride: int, first: int = 0, device: torch.device | None = None) -> torch.Tensor:
+    """(batch, 1): row `first` of each image in a (batch · stride)-row flattening. A constant: cached."""
+    return torch.arange(batch, device=device)[:, None] * stride + first
 
 
-def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
-    """tokens (B, n, C), index (B, k) -> (B, k, C).
+def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor, first: int = 0) -> torch.Tensor:
+    """tokens (B, n, C), index (B, k) -> (B, k, C): the tokens at `first + index` (`first=1` skips CLS).
 
-    Whole rows by `index_select` on the flattened batch: a row copy, 2-6x faster on CPU than `gather` with an index
-    expanded over the channels (which indexes every element)."""
+    Whole rows of the flattened batch, looked up as an embedding table: one op (in eager mode each is a kernel
+    launch) that copies rows like `index_select`, 2-6x faster on CPU than `gather` with an index expanded over the
+    channels (which indexes every element) and 4x faster than advanced indexing."""
     batch, length, channels = tokens.shape
-    rows = index + row_offsets(batch, length, index.device)
-    return tokens.reshape(batch * length, channels).index_select(0, rows.flatten()).view(*index.shape, channels)
+    rows = index + row_offsets(batch, length, first, index.device)
+    return nn.functional.embedding(rows, tokens.reshape(batch * length, channels))
 
 
 def group_means(
@@ -115,7 +117,7 @@ def group_sums(values: torch.Tensor, groups: torch.LongTensor, num_groups: int) 
     if num_groups == 1:
         return values.sum(1, keepdim=True)
     batch, length = groups.shape
-    rows = (groups + row_offsets(batch, num_groups, groups.device)).flatten()
+    rows = (groups + row_offsets(batch, num_groups, 0, groups.device)).flatten()
     flat = values.reshape(batch * length, math.prod(values.shape[2:]))  # -1 cannot size an empty batch
     sums = flat.new_zeros(batch * num_groups, flat.shape[1]).index_add_(0, rows, flat)
     return sums.view(batch, num_groups, *values.shape[2:])
@@ -238,7 +240,7 @@ class TokenState:
             kept_sizes = key_weights[:, 1 : 1 + num_kept] if kept_sizes is not None else None
             if merged_sizes is not None and not tempered:
                 merged_sizes = key_weights[:, 1 + num_kept :]
-        kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, 1 + keep_idx)
+        kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, keep_idx, first=1)
         parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)
         patch_ids = self.patch_ids
