@@ -5,7 +5,7 @@ Shapes: B batch, h heads, n tokens, m candidate tokens, C channels, P original p
 
 import torch
 
-from .token_state import gather_tokens, grid_constant, group_means, group_sums
+from .token_state import gather_tokens, grid_constant, group_means
 
 
 def received_attention(attention_probs: torch.Tensor) -> torch.Tensor:
