@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import huggingface_hub
@@ -19,6 +20,7 @@ from safetensors import SafetensorError
 from .models.freqvit.configuration_freqvit import FREQ_PRESETS
 from .devices import describe, resolve_device, resolve_dtype
 from .evaluation import RESULTS_KIND, STATE_KIND, format_table, results_json, run_evaluation
+from .parallel import from_main_process, process_device, process_state
 from .runs import check_output_file, write_atomically
 from .publishing import PublishError
 
@@ -116,19 +118,28 @@ def one_line(args: argparse.Namespace, error: Exception) -> str | None:
 
 @one_line_errors
 def run_evaluate(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    # under `accelerate launch` each process evaluates its share; the main process checks, prints and writes
+    device = process_device(args.device)
+    parallel = process_state(device)
     dtype = resolve_dtype(args.dtype, device)
-    prepare_output_files(args)
-    print(f"freqtr-hf evaluate: {args.model} on {describe(device)}, {args.dtype}", file=sys.stderr)
+    from_main_process(parallel, partial(prepare_output_files, args))
+    processes = {"processes": parallel.num_processes} if parallel.num_processes > 1 else {}
+    if parallel.is_main_process:
+        each = f" in each of {parallel.num_processes} processes" if processes else ""
+        print(f"freqtr-hf evaluate: {args.model} on {describe(device)}{each}, {args.dtype}", file=sys.stderr)
     results, skipped = run_evaluation(
         args.model, args.data, args.methods, batch_size=args.batch_size, every=args.every,
         split=args.split, dataset_config=args.dataset_config, synsets=args.synsets, dtype=dtype, device=device,
         state_file=args.state_file, restart=args.restart, skip_bad_images=args.skip_bad_images,
         overrides=reduction_overrides(args),
     )
+    parallel.destroy_process_group()  # every process is past the last gather; NCCL warns of a group left open
+    if not parallel.is_main_process:
+        return 0
     run = {
         "model": args.model, "data": args.data, "every": args.every, "batch_size": args.batch_size,
-        "device": describe(device), "dtype": args.dtype, "reduction": reduction_overrides(args), "skipped": skipped,
+        "device": describe(device), **processes, "dtype": args.dtype, "reduction": reduction_overrides(args),
+        "skipped": skipped,
     }
     text = results_json(results, **run)
     print(format_table(results))

@@ -1,14 +1,15 @@
 """Side-by-side evaluation of reduction methods on one checkpoint: top-1, agreement, GMACs, images/s.
 
 Every batch is preprocessed once and run through each model in turn, so timings are measured side by side.
-Progress is saved after every batch when a state file is given, and an interrupted run resumes from it.
+Progress is saved after every batch when a state file is given, and an interrupted run resumes from it. Under
+`accelerate launch` the processes share out the batches and gather the predictions (`predict_in_turns`).
 """
 
 import json
 import math
 import sys
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import datasets
 import evaluate
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, BaseImageProcessor
 
@@ -27,6 +30,7 @@ from .fingerprint import (
 from .data import data_fingerprint, label_mapping, label_names, load_images, read_batch
 from .macs import count_macs
 from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
+from .parallel import from_main_process, process_state
 from .runs import PRODUCER, check_output_file, exclusive_use, stamp, write_atomically
 
 RESULTS_KIND, STATE_KIND = "evaluation results", "evaluation state"  # what evaluate's files hold (see runs)
@@ -144,6 +148,15 @@ class EvaluationState:
     def save(self, path: str) -> None:
         write_atomically(path, json.dumps(asdict(self)))
 
+    def extend(self, part: "EvaluationState") -> None:
+        """Add the progress over the next images (one batch's)."""
+        self.done += part.done
+        self.labels += part.labels
+        self.skipped += part.skipped
+        for method in self.predictions:
+            self.predictions[method] += part.predictions[method]
+            self.seconds[method] += part.seconds[method]
+
 
 RESTART_HINT = "pass --restart to start afresh, or keep the progress in another state file"
 
@@ -162,13 +175,17 @@ def compare_methods(
     """Run every model on every batch; top-1 against labels (when known), agreement with the `"none"` model.
 
     With `state_file`, progress is saved after every batch and a rerun of the same run (same `fingerprint`)
-    resumes; a finished run re-reports its results; a second run on a state file in use is refused. Returns the
-    rows and the images skipped as unreadable."""
-    if state_file:
-        check_output_file(state_file, "--state-file", STATE_KIND)
-    with exclusive_use(state_file, "--state-file") if state_file else nullcontext():
+    resumes; a finished run re-reports its results; a second run on a state file in use is refused. Under
+    `accelerate launch` the processes share out the batches (`predict_in_turns`), only the main process reads, locks
+    and writes the state file (after every round of batches), and every process returns the results of all the
+    images. Returns the rows and the images skipped as unreadable."""
+    parallel = process_state(next(iter(models.values())).device)
+    with ExitStack() as held:
+        opened = partial(open_state, state_file, fingerprint or {}, list(models), len(dataset), restart, held)
+        state = from_main_process(parallel, opened)
         state = predict_in_turns(
-            models, dataset, processor, label_of, batch_size, state_file, fingerprint or {}, restart, skip_bad_images
+            models, dataset, processor, label_of, batch_size, state,
+            state_file if parallel.is_main_process else None, skip_bad_images, parallel,
         )
     if not state.labels:
         raise ValueError("data: no image could be read" if state.skipped else "data: no images")
@@ -201,54 +218,83 @@ def compare_methods(
     return results, state.skipped
 
 
+def open_state(
+    state_file: str | None, fingerprint: dict, methods: list[str], total: int, restart: bool, held: ExitStack
+) -> EvaluationState:
+    """The progress a run starts from: the saved state of the same run, unless `restart`, else none. The state file
+    is checked and its lock taken in `held`, for the rest of the run."""
+    state = EvaluationState.start(fingerprint, methods)
+    if not state_file:
+        return state
+    check_output_file(state_file, "--state-file", STATE_KIND)
+    held.enter_context(exclusive_use(state_file, "--state-file"))
+    if Path(state_file).exists() and not restart:
+        state = EvaluationState.load(state_file, fingerprint, methods, total)
+        if state.done == total:
+            print(f"{state_file} holds this run, finished: its results again", file=sys.stderr)
+        elif state.done:
+            print(f"resuming from {state_file}: {state.done} of {total} images done", file=sys.stderr)
+    return state
+
+
+def rounds(start: int, total: int, batch_size: int, processes: int) -> list[list[range]]:
+    """The batches of images `start` to `total`, `processes` at a time: a round of a data-parallel run gives each
+    process one. They are the batches of a run in one process, resumed at `start` (a whole number of batches), so
+    that the predictions do not depend on the number of processes."""
+    batches = [range(first, min(first + batch_size, total)) for first in range(start, total, batch_size)]
+    return [batches[first:first + processes] for first in range(0, len(batches), processes)]
+
+
 def predict_in_turns(
     models: dict[str, torch.nn.Module],
     dataset: datasets.Dataset,
     processor: BaseImageProcessor,
     label_of: list[int],
     batch_size: int,
+    state: EvaluationState,
     state_file: str | None,
-    fingerprint: dict,
-    restart: bool,
     skip_bad_images: bool,
+    parallel: PartialState,
 ) -> EvaluationState:
-    """Every model's predictions on every image, timed in turns, the progress saved to `state_file` after every
-    batch and resumed from it (see `compare_methods`)."""
+    """Every model's predictions on the images `state` has not done, timed in turns, added to `state` and saved to
+    `state_file` after every round. Each process of the run (`parallel`) takes one batch of a round (the last round
+    may leave a process none) and every process adds every batch, in data order: the seconds are summed over the
+    processes."""
     methods = list(models)
-    state = EvaluationState.start(fingerprint, methods)
-    if state_file and Path(state_file).exists() and not restart:
-        state = EvaluationState.load(state_file, fingerprint, methods, len(dataset))
-        if state.done == len(dataset):
-            print(f"{state_file} holds this run, finished: its results again", file=sys.stderr)
-        elif state.done:
-            print(f"resuming from {state_file}: {state.done} of {len(dataset)} images done", file=sys.stderr)
     reference_model = next(iter(models.values()))
     dtype, device = reference_model.dtype, reference_model.device
-    remaining = dataset.select(range(state.done, len(dataset))) if state.done < len(dataset) else []
-    loader = torch.utils.data.DataLoader(
-        remaining, batch_size=batch_size, collate_fn=lambda rows: read_batch(rows, processor, label_of, skip_bad_images)
-    )
     warm = False
     # the context closes the bar before an error is printed, so the message starts on a line of its own
-    with torch.inference_mode(), tqdm(total=len(dataset), initial=state.done, desc="evaluate", unit="img") as progress:
-        for batch_index, (pixel_values, labels, skipped, count) in enumerate(loader):
-            if len(labels):
-                pixel_values = pixel_values.to(device=device, dtype=dtype)
-                if not warm:  # untimed: first calls pay for allocation, kernel selection and cached constants
-                    for model in models.values():
-                        model(pixel_values)
-                    warm = True
-                # the models take turns, the first one rotating between batches
-                seconds, predictions = take_turns(
-                    [partial(predict, models[method], pixel_values) for method in methods], batch_index, device
-                )
-                for method, second, predicted in zip(methods, seconds, predictions):
-                    state.seconds[method] += second
-                    state.predictions[method] += predicted
-            state.labels += labels
-            state.skipped += skipped
-            state.done += count
-            progress.update(count)
+    with torch.inference_mode(), tqdm(total=len(dataset), initial=state.done, desc="evaluate", unit="img",
+                                      disable=not parallel.is_main_process) as progress:
+        for round_index, batches in enumerate(rounds(state.done, len(dataset), batch_size, parallel.num_processes)):
+            with parallel.split_between_processes(batches) as own:
+                rows = [dataset[index] for batch in own for index in batch]
+            try:
+                pixel_values, labels, skipped, count = read_batch(rows, processor, label_of, skip_bad_images)
+                part = EvaluationState.start({}, methods)
+                part.labels, part.skipped, part.done = labels, skipped, count
+                if len(labels):
+                    pixel_values = pixel_values.to(device=device, dtype=dtype)
+                    if not warm:  # untimed: first calls pay for allocation, kernel selection and cached constants
+                        for model in models.values():
+                            model(pixel_values)
+                        warm = True
+                    # the models take turns, the first one rotating between rounds
+                    seconds, predictions = take_turns(
+                        [partial(predict, models[method], pixel_values) for method in methods], round_index, device
+                    )
+                    part.seconds, part.predictions = dict(zip(methods, seconds)), dict(zip(methods, predictions))
+            except Exception as error:  # raised below, in every process: none may wait in the gather for this one
+                part = error
+            shares = gather_object([part])  # every process's, in process order: the order of the images
+            # a process raises its own error first: its traceback is the one that shows where it happened
+            failures = [share for share in (part, *shares) if isinstance(share, Exception)]
+            if failures:
+                raise failures[0]
+            for share in shares:
+                state.extend(share)
+                progress.update(share.done)
             if state_file:
                 state.save(state_file)
     return state
