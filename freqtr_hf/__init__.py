@@ -12,7 +12,8 @@ __version__ = "0.2.0"
 # public name -> the module that defines it
 NAMES = {
     **{name: ".models.freqvit" for name in (
-        "FreqViTConfig", "FreqViTModel", "FreqViTForImageClassification", "FreqViTPreTrainedModel", "TokenProvenance",
+        "FreqViTConfig", "FreqViTModel", "FreqViTForImageClassification", "FreqViTBackbone", "FreqViTPreTrainedModel",
+        "TokenProvenance",
         "TRAINING_FREE_FREQ",
     )},
     "count_macs": ".macs",

@@ -101,6 +101,7 @@ def test_an_export_names_only_the_code_it_carries_in_its_auto_map(tiny, tmp_path
         "AutoConfig": "configuration_freqvit.FreqViTConfig",
         "AutoModel": "modeling_freqvit.FreqViTModel",
         "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
+        "AutoBackbone": "modeling_freqvit.FreqViTBackbone",  # its own, not the source's
     }
     assert all((folder / f"{reference.split('.')[0]}.py").is_file() for reference in auto_map.values())
 

@@ -1,20 +1,15 @@
 import pytest
-from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertConfig, ViTConfig
 
 from freqtr_hf import FreqViTConfig, FreqViTForImageClassification, count_macs
 from freqtr_hf.models.freqvit.configuration_freqvit import (
-    FREQ_PRESETS,
-    REDUCTION_FIELDS,
-    TRAINING_FREE_FREQ,
+    BACKBONE_FIELDS, FREQ_PRESETS, REDUCTION_FIELDS, TRAINING_FREE_FREQ,
 )
-from freqtr_hf.models.freqvit.token_schedule import (
-    ReductionStage,
-    configured_sequence_lengths,
-    sequence_lengths,
-)
+from freqtr_hf.models.freqvit.token_schedule import ReductionStage, configured_sequence_lengths, sequence_lengths
+
+from conftest import tiny_config
 
 
 def test_defaults_follow_the_method():
@@ -28,8 +23,9 @@ def test_defaults_follow_the_method():
     assert (config.dc_update, config.dc_empty_fill) == ("count_weighted", "global_mean")
 
 
-def test_reduction_fields_are_every_field_freqvit_adds_to_vit():
-    assert sorted(REDUCTION_FIELDS) == sorted(set(FreqViTConfig.__dataclass_fields__) - set(ViTConfig.__dataclass_fields__))
+def test_reduction_and_backbone_fields_are_every_field_freqvit_adds_to_vit():
+    added = set(FreqViTConfig.__dataclass_fields__) - set(ViTConfig.__dataclass_fields__)
+    assert sorted([*REDUCTION_FIELDS, *BACKBONE_FIELDS]) == sorted(added)
 
 
 def test_the_paper_preset_is_the_default_of_every_field_the_training_free_preset_sets():

@@ -14,6 +14,7 @@ NAMES = {
     "FreqViTConfig": "configuration_freqvit",
     "FreqViTModel": "modeling_freqvit",
     "FreqViTForImageClassification": "modeling_freqvit",
+    "FreqViTBackbone": "modeling_freqvit",
     "FreqViTPreTrainedModel": "modeling_freqvit",
     "TokenProvenance": "token_state",
     "TRAINING_FREE_FREQ": "methods",
@@ -30,18 +31,20 @@ def __getattr__(name: str):
 
 @functools.cache
 def register_auto_classes() -> None:
-    """AutoConfig, AutoModel, AutoModelForImageClassification and AutoImageProcessor find FreqViT by its model type,
-    so that a saved FreqViT loads through them without remote code where freqtr_hf is installed."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+    """AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone and AutoImageProcessor find FreqViT by its
+    model type, so that a saved FreqViT loads through them, and dense heads (UperNet, DPT) build a FreqViT backbone
+    from its config, without remote code where freqtr_hf is installed."""
+    from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
     from transformers import ViTImageProcessorPil
     from transformers.utils import is_torchvision_available
 
     from .configuration_freqvit import FreqViTConfig
-    from .modeling_freqvit import FreqViTForImageClassification, FreqViTModel
+    from .modeling_freqvit import FreqViTBackbone, FreqViTForImageClassification, FreqViTModel
 
     AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
     AutoModel.register(FreqViTConfig, FreqViTModel, exist_ok=True)
     AutoModelForImageClassification.register(FreqViTConfig, FreqViTForImageClassification, exist_ok=True)
+    AutoBackbone.register(FreqViTConfig, FreqViTBackbone, exist_ok=True)
     # a FreqViT reads images as ViT does, so pipeline() finds its processor from the model alone
     processors = {"pil": ViTImageProcessorPil}
     if is_torchvision_available():

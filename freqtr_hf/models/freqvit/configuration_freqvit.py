@@ -5,10 +5,11 @@ from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .methods import (  # noqa: F401 - the method lists, also read from here
     FREQ_PRESETS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, REDUCTION_METHODS, SCORE_SOURCES,
-    TRAINING_FREE_FREQ, TRAINING_FREE_METHODS,
+    TOKEN_RESTORATIONS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS,
 )
 from .token_schedule import ReductionStage, check_stages, pair, patch_grid
 
@@ -24,6 +25,8 @@ REDUCTION_FIELDS = (
     "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
     "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool", "sequence_multiple",
 )
+# the fields of the backbone convention (FreqViTBackbone): which stages, and how their maps are made
+BACKBONE_FIELDS = ("token_restoration", "apply_layernorm", "reshape_hidden_states", "_out_features", "_out_indices")
 # bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
 ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
 # Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
@@ -34,11 +37,12 @@ AUTO_MAP = {
     "AutoConfig": "configuration_freqvit.FreqViTConfig",
     "AutoModel": "modeling_freqvit.FreqViTModel",
     "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
+    "AutoBackbone": "modeling_freqvit.FreqViTBackbone",
 }
 
 
 @strict(accept_kwargs=True)
-class FreqViTConfig(ViTConfig):
+class FreqViTConfig(BackboneConfigMixin, ViTConfig):
     r"""
     Configuration of a ViT whose blocks reduce tokens (Lee et al., NeurIPS 2025). Every `ViTConfig` field keeps its
     meaning; the fields below set the reduction. Values are checked when the config is built: an out-of-range or
@@ -100,6 +104,18 @@ class FreqViTConfig(ViTConfig):
     dpc_neighbours (`int`, defaults to 5): neighbours for the DPC-KNN density.
     sinkhorn_iterations (`int`, defaults to 3): Sinkhorn normalisation rounds.
     dynamicvit_ratio_weight (`float`, defaults to 2.0): weight of DynamicViT's keep-ratio loss.
+
+    As a backbone (`FreqViTBackbone`, `AutoBackbone`), for dense heads:
+
+    out_features / out_indices (`list`, *optional*): the stages whose feature maps the backbone returns, by name
+        (`"stem"` the embeddings, `"stageN"` the output of block N) or index; the last stage by default.
+    token_restoration (`str`, defaults to `"nearest"`): how a feature map puts back a patch that left the sequence:
+        `"carrier"` (the token that carries it), `"residual"` (its own state when it left plus what its carrier gained
+        since: the paper's residual injection) or `"nearest"` (its own state plus what the most similar remaining
+        token gained since). A patch a pruning method dropped follows the most similar token. See docs/dense.md.
+    apply_layernorm (`bool`, defaults to `True`): apply the final layer norm to each feature map.
+    reshape_hidden_states (`bool`, defaults to `True`): return maps as (B, C, H/p, W/p); else as ViT's sequence
+        (B, 1 + H/p · W/p, C), CLS first (what DPT's reassembly reads).
     """
 
     model_type = "freqvit"
@@ -125,8 +141,17 @@ class FreqViTConfig(ViTConfig):
     dc_key_weight_exponent: float | int = 1.0
     low_frequency_pool: float | int = 0.0
     sequence_multiple: int = 1
+    token_restoration: str = "nearest"
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
         self._check_reduction()
 
@@ -155,6 +180,7 @@ class FreqViTConfig(ViTConfig):
         _check_choice("score_source", self.score_source, SCORE_SOURCES)
         _check_choice("low_frequency_merge", self.low_frequency_merge, LOW_FREQUENCY_MERGES)
         _check_choice("merge_features", self.merge_features, MERGE_FEATURES)
+        _check_choice("token_restoration", self.token_restoration, TOKEN_RESTORATIONS)
         for name in ("image_size", "patch_size"):
             sizes = pair(getattr(self, name))
             if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):

@@ -31,3 +31,8 @@ FREQ_PRESETS = {
     },
     "training_free": TRAINING_FREE_FREQ,
 }
+# How a dense backbone puts back, on the full patch grid, a patch that left the sequence (docs/dense.md):
+# "carrier": the feature of the token that carries it; "residual": its own state when it left plus what its carrier
+# gained since (the paper's residual injection); "nearest": its own state plus what the most similar token of the
+# shortened sequence gained since. A dropped patch (pruning) always follows the most similar token.
+TOKEN_RESTORATIONS = ("carrier", "residual", "nearest")

@@ -18,8 +18,9 @@ from safetensors import safe_open
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
@@ -431,6 +432,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
         output_token_provenance: bool = False,
+        restore_hidden_states: bool = False,
         **kwargs,
     ) -> FreqViTModelOutput:
         r"""
@@ -441,6 +443,9 @@ class FreqViTModel(FreqViTPreTrainedModel):
             (0 is the embeddings, i the output of block i; negative indices count from the end).
         output_token_provenance (`bool`, defaults to `False`): return, per reduction stage, where every original
             patch went (`TokenProvenance`). Costs nothing when off.
+        restore_hidden_states (`bool`, defaults to `False`): return the hidden states in ViT's layout, (B, 1 + P, C)
+            (CLS, then every patch of the grid), the patches that left the sequence restored as
+            `config.token_restoration` says (what `FreqViTBackbone` reads).
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
@@ -450,7 +455,10 @@ class FreqViTModel(FreqViTPreTrainedModel):
         grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        tokens = TokenState.initial(hidden_states.shape[0], grid, hidden_states.device, output_token_provenance)
+        restoration = self.config.token_restoration if restore_hidden_states else None
+        tokens = TokenState.initial(
+            hidden_states.shape[0], grid, hidden_states.device, output_token_provenance, restoration
+        )
 
         keep_hidden = selected_hidden_states(output_hidden_states, len(self.layers) + 1)
         all_hidden_states = (hidden_states,) if 0 in keep_hidden else ()
@@ -459,7 +467,7 @@ class FreqViTModel(FreqViTPreTrainedModel):
         for index, layer in enumerate(self.layers, start=1):
             hidden_states, tokens, attention_probs = layer(hidden_states, tokens, output_attentions, reweight)
             if index in keep_hidden:
-                all_hidden_states += (hidden_states,)
+                all_hidden_states += (tokens.restore(hidden_states) if restoration else hidden_states,)
             if output_attentions:
                 all_attentions += (attention_probs,)
 
@@ -520,11 +528,68 @@ class FreqViTForImageClassification(FreqViTPreTrainedModel):
         )
 
 
+class FreqViTBackbone(BackboneMixin, FreqViTModel):
+    """FreqViT as a backbone for dense heads (UperNet, DPT, ...), in transformers' backbone convention: the feature
+    maps of the stages in `config.out_features`, each over the full patch grid whatever the reduction: the tokens
+    that are still patches at their place, the others restored (`config.token_restoration`). Any resolution (the
+    position embeddings are interpolated) and any ViT/DeiT checkpoint."""
+
+    def __init__(self, config: FreqViTConfig):
+        super().__init__(config, add_pooling_layer=False)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): the images, any size
+            of whole patches.
+
+        Returns `BackboneOutput`: `feature_maps`, one per stage of `out_features`, (B, C, H/p, W/p), or with
+        `reshape_hidden_states=False` (B, 1 + H/p · W/p, C), CLS first; `hidden_states` (when asked) every stage in
+        ViT's layout, restored.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        wanted = [self.stage_names.index(name) for name in self.out_features]
+        outputs = FreqViTModel.forward(  # BackboneMixin comes first and has a forward of its own
+            self,
+            pixel_values,
+            interpolate_pos_encoding=True,
+            output_attentions=output_attentions,
+            output_hidden_states=True if output_hidden_states else wanted,
+            restore_hidden_states=True,
+        )
+        selected = outputs.hidden_states
+        if output_hidden_states:
+            selected = tuple(outputs.hidden_states[index] for index in wanted)
+        patch_h, patch_w = self.embeddings.patch_embeddings.patch_size
+        rows, cols = pixel_values.shape[2] // patch_h, pixel_values.shape[3] // patch_w
+        feature_maps = ()
+        for hidden_state in selected:
+            if self.config.apply_layernorm:
+                hidden_state = self.layernorm(hidden_state)
+            if self.config.reshape_hidden_states:
+                hidden_state = hidden_state[:, 1:].unflatten(1, (rows, cols)).permute(0, 3, 1, 2).contiguous()
+            feature_maps += (hidden_state,)
+        return BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+
+
 # save_pretrained copies this module and those it imports beside the weights, for trust_remote_code=True
 FreqViTModel.register_for_auto_class("AutoModel")
 FreqViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+FreqViTBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = [
+    "FreqViTBackbone",
     "FreqViTForImageClassification",
     "FreqViTModel",
     "FreqViTPreTrainedModel",

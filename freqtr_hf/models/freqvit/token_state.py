@@ -137,6 +137,10 @@ class TokenState:
     valid: (B, n) False for padding tokens (a method that keeps a different number per image), or None.
     patch_to_token, provenance: the provenance map and its per-stage records, when tracked (see `TokenProvenance`).
     auxiliary_loss: the sum of the loss terms reducers ask the training loop to add (DynamicViT's keep ratio).
+    restoration: how `restore` puts every patch back on the grid (one of `TOKEN_RESTORATIONS`), or None: not tracked.
+    patch_carrier: (B, P) the sequence index of the token whose feature a patch follows (the token itself while
+        it is one); patch_offset: (B, P, C) what the patch's feature differs from it by (residual restorations), or
+        None while it is zero.
     """
 
     grid: tuple[int, int]
@@ -148,14 +152,33 @@ class TokenState:
     patch_to_token: torch.LongTensor | None = None
     provenance: tuple[TokenProvenance, ...] = field(default=())
     auxiliary_loss: torch.Tensor | None = None
+    restoration: str | None = None
+    patch_carrier: torch.LongTensor | None = None
+    patch_offset: torch.Tensor | None = None
 
     @classmethod
     def initial(
-        cls, batch_size: int, grid: tuple[int, int], device: torch.device | str, track_provenance: bool
+        cls, batch_size: int, grid: tuple[int, int], device: torch.device | str, track_provenance: bool,
+        restoration: str | None = None,
     ) -> "TokenState":
+        """The state of `[CLS, every patch]`; `restoration` also tracks what `restore` needs (and the provenance)."""
         num_patches = grid[0] * grid[1]
         patch_ids = torch.arange(num_patches, device=device).expand(batch_size, -1)
-        return cls(grid, patch_ids, patch_to_token=patch_ids + 1 if track_provenance else None)
+        tracked = track_provenance or restoration is not None
+        return cls(
+            grid, patch_ids, patch_to_token=patch_ids + 1 if tracked else None, restoration=restoration,
+            patch_carrier=patch_ids + 1 if restoration is not None else None,
+        )
+
+    def restore(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states (B, n, C) of this state's sequence -> (B, 1 + P, C): CLS, then every patch of the grid in
+        row-major order, as ViT lays them out: a patch that is still a token of its own is that token (in the
+        residual restorations, less what merging other tokens into it changed), the others are restored as
+        `restoration` says."""
+        patches = gather_tokens(hidden_states, self.patch_carrier)
+        if self.patch_offset is not None:
+            patches = patches + self.patch_offset
+        return torch.cat([hidden_states[:, :1], patches], dim=1)
 
     @property
     def num_candidates(self) -> int:
@@ -270,6 +293,10 @@ class TokenState:
             token_to_new[:, :length] = torch.where(join_target >= 0, 1 + join_target, token_to_new[:, :length])
         new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
         patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
+        if self.restoration is not None:
+            # without merged tokens a reduction drops what it does not keep
+            drops = merged_tokens is None
+            state = self._follow_carriers(state, hidden_states, reduced, token_to_new[:, :length], keep_idx, drops)
         # a patch is kept when the kept token that carries it is that patch's own token
         kept = (patch_to_token >= 1) & (patch_to_token <= num_kept)
         if num_kept:
@@ -277,3 +304,32 @@ class TokenState:
             kept &= carrier == torch.arange(patch_to_token.shape[1], device=carrier.device)
         stage = TokenProvenance(layer, patch_to_token, num_kept, kept)
         return reduced, replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))
+
+    def _follow_carriers(
+        self, state: "TokenState", hidden_states: torch.Tensor, reduced: torch.Tensor, successor: torch.LongTensor,
+        keep_idx: torch.LongTensor, drops: bool,
+    ) -> "TokenState":
+        """`state` with every patch's carrier moved to the reduced sequence and, for the residual restorations, the
+        offset grown by what its old carrier was at this step less what its new carrier is.
+
+        hidden_states (B, n, C) before the step, reduced (B, n', C) after it, successor (B, n): the token of the
+        reduced sequence each old token went into (-1: dropped), keep_idx (B, k) the old tokens kept as themselves
+        (among the non-CLS ones); drops: whether the step dropped tokens."""
+        if self.restoration == "nearest":  # every token that is not kept as itself
+            lost = torch.ones_like(successor, dtype=torch.bool).scatter_(1, 1 + keep_idx, False)
+            lost[:, 0] = False
+        else:
+            lost = successor < 0
+        if drops or self.restoration == "nearest":
+            # the most similar token of the reduced sequence (CLS aside), by cosine of the features at this step
+            unit = nn.functional.normalize(hidden_states.float(), dim=-1)
+            targets = nn.functional.normalize(reduced[:, 1:].float(), dim=-1)
+            nearest = 1 + (unit @ targets.transpose(1, 2)).argmax(dim=-1)
+            successor = torch.where(lost, nearest, successor)
+        carrier = successor.gather(1, self.patch_carrier)
+        offset = self.patch_offset
+        if self.restoration != "carrier":
+            step = hidden_states - gather_tokens(reduced, successor)  # (B, n, C): zero for a token kept as it was
+            gained = gather_tokens(step, self.patch_carrier)
+            offset = gained if offset is None else offset + gained
+        return replace(state, patch_carrier=carrier, patch_offset=offset)
