@@ -4,6 +4,7 @@
     python benchmarks/dense.py [--checkpoint ../shared/assets/deit-tiny-patch16-224] [--data ../shared/assets/camvid]
         [--size 352 480] [--methods freq preset topk evit tome kmedoids] [--keep-rates 0.9 0.7 0.5]
         [--restorations carrier residual nearest] [--output dense.json] [--figure dense.png]
+    python benchmarks/dense.py --methods preset --keep-rates 0.7 --restorations nearest --finetune-epochs 2
     python benchmarks/dense.py --speed [--speed-sizes 352x480 512x512] [--batch-size 8] [--rounds 5]
 
 Training-free: a linear head (a 1×1 convolution, 11 classes) is trained on the unreduced backbone's frozen last-stage
@@ -11,6 +12,10 @@ features of CamVid's 367 train images (at `--size`, an aspect-keeping 352×480 b
 then read, unchanged, from each reduced backbone on the 101 val images. The table gives val mIoU (void ignored) and
 its share of the unreduced model's. `preset` is `freq` with `TRAINING_FREE_FREQ`; `tome` merges per stage; the
 reduction layers are the default (3, 6, 9). GMACs are the backbone's at `--size`.
+
+`--finetune-epochs N` also fine-tunes each backbone with a new linear head (AdamW, the backbone at 1e-4, the head at
+1e-3, batch `--batch-size`) on train, the unreduced one the same way, and gives each one's val mIoU and its share of
+the unreduced model's.
 
 `--speed` times the backbone of each method (default restoration) against the unreduced one on the same weights,
 side by side in turns, per image size, with the MAC ratio.
@@ -72,22 +77,50 @@ def upsampled(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def quarter_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Label maps (N, H, W) at a quarter of their resolution (nearest), where the training loss is taken."""
+    quarter = (labels.shape[1] // 4, labels.shape[2] // 4)
+    return torch.nn.functional.interpolate(labels[:, None].float(), size=quarter, mode="nearest")[:, 0].long()
+
+
+def segmentation_loss(head: torch.nn.Conv2d, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the head's logits, upsampled bilinearly to the targets' resolution; void ignored."""
+    return torch.nn.functional.cross_entropy(upsampled(head(features), targets.shape[1:]), targets, ignore_index=VOID)
+
+
 def train_linear_head(features: torch.Tensor, labels: torch.Tensor, epochs: int = 60, seed: int = 0) -> torch.nn.Conv2d:
-    """A 1×1 convolution from features (N, C, h, w) to class logits, trained with cross-entropy (void ignored) on the
-    logits upsampled bilinearly to a quarter of the label resolution."""
+    """A 1×1 convolution from frozen features (N, C, h, w) to class logits, trained with `segmentation_loss`."""
     torch.manual_seed(seed)
     head = torch.nn.Conv2d(features.shape[1], len(CLASSES), 1)
-    quarter = (labels.shape[1] // 4, labels.shape[2] // 4)
-    targets = torch.nn.functional.interpolate(labels[:, None].float(), size=quarter, mode="nearest")[:, 0].long()
+    targets = quarter_targets(labels)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
     for _ in tqdm(range(epochs), desc="linear head", leave=False, file=sys.stderr):
         for batch in torch.randperm(len(features)).split(32):
-            loss = torch.nn.functional.cross_entropy(
-                upsampled(head(features[batch]), quarter), targets[batch], ignore_index=VOID
-            )
+            loss = segmentation_loss(head, features[batch], targets[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    return head.eval()
+
+
+def fine_tune(
+    model: FreqViTBackbone, pixels: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, what: str
+) -> torch.nn.Conv2d:
+    """The backbone and a new linear head trained together (AdamW, the backbone at a tenth of the head's rate)."""
+    torch.manual_seed(0)
+    head = torch.nn.Conv2d(model.config.hidden_size, len(CLASSES), 1)
+    targets = quarter_targets(labels)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-3}], weight_decay=1e-4
+    )
+    model.train()
+    batches = [batch for _ in range(epochs) for batch in torch.randperm(len(pixels)).split(batch_size)]
+    for batch in tqdm(batches, desc=what, leave=False, file=sys.stderr):
+        loss = segmentation_loss(head, model(pixels[batch]).feature_maps[-1], targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
     return head.eval()
 
 
@@ -138,7 +171,21 @@ def training_free(args: argparse.Namespace, processor) -> dict:
                   flush=True)
     if args.figure:
         draw_restoration(args, val_images[0], val_pixels[:1], unreduced)
-    return dict(size=list(size), reference_miou=reference, rows=rows)
+    result = dict(size=list(size), reference_miou=reference, rows=rows)
+    if args.finetune_epochs:
+        tuned = {}
+        for name, fields in {"none": dict(reduction_method="none"), **{
+            f"{method} {keep_rate}": {**METHODS[method], "keep_rate": keep_rate}
+            for method in args.methods for keep_rate in args.keep_rates
+        }}.items():
+            model = backbone(args.checkpoint, fields)
+            head = fine_tune(model, train_pixels, train_labels, args.finetune_epochs, args.batch_size, name)
+            tuned[name] = mean_iou(head, last_stage_features(model, val_pixels, args.batch_size, "val"), val_labels)
+            share = f" ({100 * tuned[name] / tuned['none']:.1f}% of the unreduced model fine-tuned the same way)"
+            print(f"fine-tuned {args.finetune_epochs} epoch(s), {name}: val mIoU {tuned[name]:.1f}"
+                  + (share if name != "none" else ""), flush=True)
+        result["fine_tuned"] = dict(epochs=args.finetune_epochs, miou=tuned)
+    return result
 
 
 def principal_colours(maps: list[torch.Tensor]) -> list[np.ndarray]:
@@ -216,6 +263,9 @@ def main() -> None:
     parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5])
     parser.add_argument("--restorations", nargs="+", default=list(TOKEN_RESTORATIONS), choices=TOKEN_RESTORATIONS)
     parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="also fine-tune each backbone (--methods x --keep-rates, and the unreduced one) with a "
+                        "new linear head for this many epochs on train, and read them on val")
     parser.add_argument("--speed", action="store_true", help="time the backbones instead of measuring mIoU")
     parser.add_argument("--speed-sizes", nargs="+", default=["352x480", "512x512"])
     parser.add_argument("--rounds", type=positive_int, default=5)

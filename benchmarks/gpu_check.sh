@@ -22,12 +22,15 @@ step() {  # name, seconds, command...
   timeout "$seconds" "$@" 2>&1 | tee "$out/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]}"
 }
-step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/model/test_cuda.py
-# DeiT-S shapes: eager bf16 at batch 1, 64 and 256, fp32 at 256 (the README's GPU table)
-step speed_bf16 120 python3 benchmarks/speed.py --device cuda --sizes small --dtypes bfloat16 \
-  --batch-sizes 1 64 256 --methods freq freq-logits freq-training-free tome topk free-cut
-step speed_fp32 60 python3 benchmarks/speed.py --device cuda --sizes small --dtypes float32 --batch-sizes 256 \
+step cuda_tests 120 python3 -m pytest -q -p no:cacheprovider tests/model/test_cuda.py
+# DeiT-S shapes: eager bf16 at batch 1, 64 and 256 (tile-rounded counts too), fp32 at 256 (the README's GPU table)
+step speed_bf16 100 python3 benchmarks/speed.py --device cuda --sizes small --dtypes bfloat16 \
+  --batch-sizes 1 64 256 --methods freq freq-logits freq-training-free freq-x8 freq-x64 tome topk free-cut
+step speed_fp32 40 python3 benchmarks/speed.py --device cuda --sizes small --dtypes float32 --batch-sizes 256 \
   --methods freq free-cut
 # torch.compile (default and CUDA graphs) against the compiled ViT: batch 1 and 256
 step speed_compiled 150 python3 benchmarks/speed.py --device cuda --sizes small --dtypes bfloat16 \
   --batch-sizes 1 256 --methods freq --compile
+# long sequences: ViT-B/16 at 384 px (577 tokens), bf16 batch 256 eager
+step speed_384 60 python3 benchmarks/speed.py --device cuda --sizes base-384 --dtypes bfloat16 --batch-sizes 256 \
+  --rounds 5 --methods freq freq-x64 free-cut

@@ -1,7 +1,8 @@
 """FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
 
-    python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base] [--batch-sizes 1 32]
-        [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile] [--training-memory] [--matmuls-alone]
+    python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base base-384 large large-384]
+        [--batch-sizes 1 32] [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile]
+        [--compile-modes default reduce-overhead max-autotune] [--training-memory] [--matmuls-alone]
     python benchmarks/speed.py --sizes overhead small --batch-sizes 1
 
 Each round times every model once on the same batch, in turn (the order rotates between rounds). A speed-up is the
@@ -11,11 +12,12 @@ token counts by slicing, a reduction that costs nothing: its share is the ceilin
 any method at this batch size. Each line gives the median milliseconds per forward and the aten operations one
 forward dispatches; `--sizes overhead` (width 8, one head) leaves only each op's fixed cost, the part of the time
 that no token cut removes. On CUDA, peak memory per model is printed too. `--compile` adds `torch.compile`
-(default mode; on CUDA also `reduce-overhead`, CUDA graphs) of ViT and every model in `--methods`, timed against the
-compiled ViT. `--matmuls-alone` times ViT's linear layers alone, at full length and at `freq`'s token
-counts: each reads its whole weight matrix whatever the token count, so at batch 1 even they fall short of their
-MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
-without reduction. Attention runs on sdpa.
+(default mode; on CUDA also `reduce-overhead`, CUDA graphs; or the `--compile-modes` given) of ViT and every model in
+`--methods`, timed against the compiled ViT the same way. `--matmuls-alone` times ViT's linear layers alone, at full
+length and at `freq`'s token counts: each reads its whole weight matrix whatever the token count, so at batch 1 even
+they fall short of their MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
+without reduction. `--score-study` times a reducing block's attention with `freq`'s exact score two ways: eager, and
+sdpa plus the score recomputed over chunks of queries (no (B, h, n, n) tensor). Attention runs on sdpa.
 """
 
 import argparse
@@ -215,11 +217,6 @@ def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, 
                   "vit (eager)'s")
 
 
-def compile_modes(device: torch.device) -> list[str]:
-    """torch.compile modes timed: default, and on CUDA also reduce-overhead (CUDA graphs)."""
-    return ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
-
-
 def compiled_models(models: dict, mode: str) -> dict:
     """Every model compiled in `mode` (fullgraph, static shapes), with eager ViT beside them. Speed-ups are against
     the compiled ViT."""
@@ -233,6 +230,35 @@ def compiled_models(models: dict, mode: str) -> dict:
     compiled = {name: (torch.compile(model, mode=mode, fullgraph=True, dynamic=False), macs)
                 for name, (model, macs) in models.items()}
     return {**compiled, "vit (eager)": models["vit"]}
+
+
+def exact_score_study(
+    size: str, batch_size: int, dtype: torch.dtype, rounds: int, device: torch.device, chunk: int = 64
+) -> tuple[float, float]:
+    """One reducing block's attention at a shape's token count, two ways that give `freq`'s exact score (the column
+    mean of the softmax): eager (the (B, h, n, n) probabilities, then AV) against sdpa plus the column sums
+    recomputed over chunks of `chunk` queries, which never holds more than (B, h, chunk, n). Returns the eager time
+    over the chunked one (above 1: chunking pays) and the largest score difference."""
+    width, heads, _, image_size = SHAPES[size]
+    length = 1 + (image_size // 16) ** 2
+    q, k, v = (torch.randn(batch_size, heads, length, width // heads, device=device, dtype=dtype) for _ in range(3))
+    scaling = (width // heads) ** -0.5
+
+    def eager() -> torch.Tensor:
+        probs = (q @ k.transpose(-1, -2) * scaling).softmax(-1)
+        probs @ v  # the block's output
+        return probs.mean(dim=(1, 2), dtype=torch.float32)
+
+    def chunked() -> torch.Tensor:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)  # the block's output
+        sums = sum((part @ k.transpose(-1, -2) * scaling).softmax(-1).sum(dim=2, dtype=torch.float32)
+                   for part in q.split(chunk, dim=2))
+        return sums.sum(1) / (heads * length)
+
+    with torch.inference_mode():
+        difference = (eager() - chunked()).abs().max().item()
+        times = time_in_turns([eager, chunked], rounds, device)
+    return statistics.median(e / c for e, c in zip(*times)), difference
 
 
 def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -274,7 +300,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of ViT and every model in --methods (each compiles once per "
                         "mode and batch size: choose few)")
+    parser.add_argument("--compile-modes", nargs="+", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="the torch.compile modes --compile times (default: default, and on CUDA also "
+                        "reduce-overhead, CUDA graphs; max-autotune tunes every matmul and takes minutes per model)")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
+    parser.add_argument("--score-study", action="store_true",
+                        help="also time a reducing block's attention with the exact score two ways: eager, and sdpa "
+                        "plus the score's column sums over chunks of 64 queries")
     parser.add_argument("--matmuls-alone", action="store_true",
                         help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
@@ -290,6 +322,8 @@ def main() -> None:
         dtypes = {name: resolve_dtype(name, device) for name in args.dtypes}
     except ValueError as error:
         parser.error(str(error))
+    if args.compile_modes is None:
+        args.compile_modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
     print(f"torch {torch.__version__}, {describe(device)}, sdpa attention")
     for dtype_name, dtype in dtypes.items():
         for size in args.sizes:
@@ -306,8 +340,12 @@ def main() -> None:
                     )
                     print(f"matrix products alone (ViT's linear layers at freq's token counts): {speedup:.2f}x against "
                           f"a MAC ratio of {mac_ratio:.2f}x, {100 * speedup / mac_ratio:.0f}%")
+                if args.score_study:
+                    ratio, difference = exact_score_study(size, batch_size, dtype, args.rounds, device)
+                    print(f"exact score without the (B, h, n, n) probabilities (sdpa + chunked column sums): "
+                          f"{ratio:.2f}x the eager attention's speed, scores within {difference:.1e}")
                 if args.compile:
-                    for mode in compile_modes(device):
+                    for mode in args.compile_modes:
                         compiled = compiled_models(models, mode)
                         times, peaks = time_side_by_side(compiled, pixels, args.rounds, device)
                         report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
