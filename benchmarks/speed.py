@@ -73,6 +73,7 @@ class SlicingReducer(torch.nn.Module):
     counts can reach at this batch size."""
 
     needs_attention_probs = False
+    needs_received_attention = False
 
     def __init__(self, length: int):
         super().__init__()

@@ -35,6 +35,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
 from .reducers import TOKEN_REDUCERS, TokenScore
+from .reduction_frequency import received_attention
 from .token_schedule import FIXED_OUTPUT_METHODS, check_stages, patch_grid
 from .token_state import AttentionMaps, TokenProvenance, TokenState
 
@@ -83,26 +84,49 @@ def current_name(name: str) -> str:
     return name
 
 
-def attention_with_probabilities(
+# queries per chunk of the eager attention when only the attention each key receives is wanted: a (B, h, n, n) tensor is
+# never held whole at long sequences (577 tokens at 384 px); up to this length it is one chunk, in the fewest ops
+QUERY_CHUNK = 256
+
+
+def eager_attention(
     module: nn.Module,
     queries: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention that also returns its probabilities, for the blocks whose reducer reads them: ViT's eager attention
-    in the fewest ops (in eager mode each is a kernel launch). The softmax runs in the input dtype, accumulating in
-    fp32 as PyTorch's kernels do; dropout only in training. queries, keys, values (B, h, n, d), an additive bias
-    (B, 1, 1, n) -> the output (B, n, h, d) and the probabilities (B, h, n, n)."""
-    logits = queries @ keys.transpose(-1, -2) * scaling
-    if attention_mask is not None:
-        logits = logits + attention_mask
-    probs = logits.softmax(dim=-1)
-    attended = probs
-    if module.training and module.attention_dropout:
-        attended = nn.functional.dropout(probs, p=module.attention_dropout)
-    return (attended @ values).transpose(1, 2), probs
+    return_probs: bool,
+    return_received: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """ViT's eager attention in the fewest ops (in eager mode each is a kernel launch), for the blocks whose reducer
+    reads the attention: it also returns the probabilities (B, h, n, n) and/or the attention each key receives (B, n)
+    (`received_attention`, fp32). Without the probabilities it runs over chunks of `QUERY_CHUNK` queries, so that no
+    (B, h, n, n) tensor exists at long sequences; the result is the same. The softmax runs in the input dtype,
+    accumulating in fp32 as PyTorch's kernels do; dropout only in training. queries, keys, values (B, h, n, d), an
+    additive bias (B, 1, 1, n) -> the output (B, n, h, d), the probabilities, the received attention (or None)."""
+    length = queries.shape[2]
+    chunks = [queries] if return_probs or length <= QUERY_CHUNK else queries.split(QUERY_CHUNK, dim=2)
+    keys_t = keys.transpose(-1, -2)
+    outputs, probs, received = [], None, None
+    for chunk in chunks:
+        logits = (chunk * scaling) @ keys_t  # the scaling on the (B, h, n, d) queries, not on the (B, h, n, n) logits
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        probs = logits.softmax(dim=-1)
+        attended = probs
+        if module.training and module.attention_dropout:
+            attended = nn.functional.dropout(probs, p=module.attention_dropout)
+        outputs.append(attended @ values)
+        if return_received and len(chunks) == 1:
+            received = received_attention(probs)
+        elif return_received:  # column sums over the chunks, then the mean
+            column_sums = probs.sum(dim=(1, 2), dtype=torch.float32)
+            received = column_sums if received is None else received + column_sums
+    if return_received and len(chunks) > 1:
+        received = received / (queries.shape[1] * length)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    return output.transpose(1, 2), probs if return_probs else None, received
 
 
 class FreqViTAttention(ViTAttention):
@@ -129,11 +153,13 @@ class FreqViTAttention(ViTAttention):
         need_probs: bool = False,
         attention_mask: torch.Tensor | None = None,
         reweight: bool = True,
+        need_received: bool = False,
     ) -> tuple[torch.Tensor, AttentionMaps | None]:
         """hidden_states (B, n, C), the last `num_merged` tokens being DC tokens, and an additive bias on the
         attention logits (B, 1, 1, n) -> (B, n, C) and, when `need_maps`, the `AttentionMaps` (queries, keys, values
-        and, when `need_probs`, the probabilities (B, h, n, n) before reweighting, which only eager attention gives).
-        `reweight=False` skips the ω reweighting: the model does so when every ω is zero."""
+        and, when `need_probs`, the probabilities (B, h, n, n), when `need_received` the attention each key receives
+        (B, n), both before reweighting, which only eager attention gives). `reweight=False` skips the ω
+        reweighting: the model does so when every ω is zero."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -149,15 +175,16 @@ class FreqViTAttention(ViTAttention):
                 row_gain = row_gain + torch.where(dc_rows, self.dc_gain[:, None], 0.0)
             values = value_states * row_gain[..., None].to(value_states.dtype)
 
-        if need_probs:
-            attn_output, attn_weights = attention_with_probabilities(
-                self, query_states, key_states, values, attention_mask, self.scaling
+        attn_weights, received = None, None
+        if need_probs or need_received:
+            attn_output, attn_weights, received = eager_attention(
+                self, query_states, key_states, values, attention_mask, self.scaling, need_probs, need_received
             )
         else:
             attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            attn_output, attn_weights = attention_interface(
+            attn_output, _ = attention_interface(
                 self,
                 query_states,
                 key_states,
@@ -173,8 +200,7 @@ class FreqViTAttention(ViTAttention):
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         maps = None
         if need_maps:
-            probs = attn_weights if need_probs else None
-            maps = AttentionMaps(query_states, key_states, value_states, self.scaling, probs)
+            maps = AttentionMaps(query_states, key_states, value_states, self.scaling, attn_weights, received)
         return self.o_proj(attn_output), maps
 
 
@@ -206,11 +232,13 @@ class FreqViTLayer(GradientCheckpointingLayer):
         the ω reweighting (see `FreqViTModel.reweights_attention`)."""
         reducer = self.token_reducer
         need_probs = output_attentions or (reducer is not None and reducer.needs_attention_probs)
+        need_received = reducer is not None and reducer.needs_received_attention
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
         bias = tokens.attention_bias(hidden_states.dtype)
         hidden_states, maps = self.attention(
-            hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias, reweight
+            hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias, reweight,
+            need_received,
         )
         hidden_states = self.drop(hidden_states) + residual
 

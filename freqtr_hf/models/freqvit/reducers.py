@@ -19,7 +19,6 @@ from .reduction_frequency import (
     high_frequency_logit_scores,
     merge_into_dc_tokens,
     nearest_destinations,
-    received_attention,
     split_by_redundancy,
     split_by_score,
     transfer_members,
@@ -48,9 +47,12 @@ class TokenReducer(nn.Module):
     """Base of the reducers: the stage it runs and the one before it (`None` for the first).
 
     `needs_attention_probs`: whether it reads the attention probabilities (then its block computes attention
-    eagerly); reducers that need only queries, keys or values let the block run a fused kernel (sdpa, flash)."""
+    eagerly); `needs_received_attention`: whether it reads only the attention each key receives (then the eager
+    attention runs over chunks of queries, never holding the whole (B, h, n, n) tensor at long sequences); reducers
+    that need only queries, keys or values let the block run a fused kernel (sdpa, flash)."""
 
     needs_attention_probs = True
+    needs_received_attention = False
 
     def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
         super().__init__()
@@ -88,7 +90,8 @@ class FrequencyReducer(TokenReducer):
         super().__init__(config, stages, index)
         self.count_weighted = config.dc_update == "count_weighted"
         self.fill_global_mean = config.dc_empty_fill == "global_mean"
-        self.needs_attention_probs = config.score_source == "attention"
+        self.needs_attention_probs = False
+        self.needs_received_attention = config.score_source == "attention"
         self.merge_nearest = config.low_frequency_merge == "nearest"
         self.merge_on_keys = config.merge_features == "keys"
         self.proportional_attention = config.proportional_attention
@@ -123,8 +126,8 @@ class FrequencyReducer(TokenReducer):
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         num_candidates = tokens.num_candidates
-        if self.needs_attention_probs:
-            scores = received_attention(maps.probs)  # ranks as the paper's score, which subtracts 1/n
+        if self.needs_received_attention:
+            scores = maps.received  # ranks as the paper's score, which subtracts 1/n
         else:
             scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
         scores = scores[:, 1 : 1 + num_candidates]

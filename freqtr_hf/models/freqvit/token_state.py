@@ -35,14 +35,16 @@ def grid_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.
 @dataclass
 class AttentionMaps:
     """What a reducing block's attention hands to its reducer: queries, keys and values (B, h, n, head_dim), the
-    attention scaling, and the probabilities (B, h, n, n) before any reweighting when the reducer needs them (None
-    otherwise: the block then runs a fused attention kernel)."""
+    attention scaling, the probabilities (B, h, n, n) before any reweighting when the reducer needs them, and the
+    attention each key receives (B, n, fp32: the mean over heads and queries) when it needs only that (None
+    otherwise: with neither the block runs a fused attention kernel)."""
 
     queries: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor
     scaling: float
     probs: torch.Tensor | None = None
+    received: torch.Tensor | None = None
 
 
 @dataclass
