@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
 
 from freqtr_hf import TRAINING_FREE_FREQ, FreqViTBackbone, FreqViTModel, count_macs
-from freqtr_hf.cli import HelpFormatter, positive_int
+from freqtr_hf.cli import HelpFormatter, non_negative_int, positive_int
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import read_image
 from freqtr_hf.models.freqvit.methods import TOKEN_RESTORATIONS
@@ -257,21 +257,24 @@ def speed(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", default=str(ASSETS / "deit-tiny-patch16-224"))
-    parser.add_argument("--data", type=Path, default=ASSETS / "camvid", help="a folder with train/ and val/")
-    parser.add_argument("--size", type=positive_int, nargs=2, default=[352, 480], metavar=("HEIGHT", "WIDTH"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ASSETS / "deit-tiny-patch16-224"), help="a ViT/DeiT checkpoint")
+    parser.add_argument("--data", type=Path, default=ASSETS / "camvid",
+                        help="CamVid's layout: train/ and val/, each with images/*.jpg and labels/*.png")
+    parser.add_argument("--size", type=positive_int, nargs=2, default=[352, 480], metavar=("HEIGHT", "WIDTH"),
+                        help="the images' size (whole patches)")
     parser.add_argument("--methods", nargs="+", default=["freq", "preset", "topk", "evit", "tome", "kmedoids"],
-                        choices=METHODS)
-    parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5])
-    parser.add_argument("--restorations", nargs="+", default=list(TOKEN_RESTORATIONS), choices=TOKEN_RESTORATIONS)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        choices=METHODS, help="preset: freq with TRAINING_FREE_FREQ; preset-logits: with logit scores")
+    parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.7, 0.5], help="per reduction layer")
+    parser.add_argument("--restorations", nargs="+", default=list(TOKEN_RESTORATIONS), choices=TOKEN_RESTORATIONS,
+                        help="how a patch that left the sequence is put back (docs/dense.md)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward")
+    parser.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="EPOCHS",
                         help="also fine-tune each backbone (--methods x --keep-rates, and the unreduced one) with a "
                         "new linear head for this many epochs on train, and read them on val")
     parser.add_argument("--speed", action="store_true", help="time the backbones instead of measuring mIoU")
-    parser.add_argument("--speed-sizes", nargs="+", default=["352x480", "512x512"])
-    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--speed-sizes", nargs="+", default=["352x480", "512x512"], help="HEIGHTxWIDTH, for --speed")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="timed forwards per model, for --speed")
     parser.add_argument("--output", help="a JSON file for the figures")
     parser.add_argument("--figure", help="a PNG of the unreduced and restored feature maps")
     args = parser.parse_args()

@@ -149,9 +149,14 @@ class FreqViTConfig(BackboneConfigMixin, ViTConfig):
 
     def __post_init__(self, **kwargs):
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
-        self.set_output_features_output_indices(
-            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
-        )
+        out_indices = kwargs.pop("out_indices", None)
+        count = len(self.stage_names)
+        if out_indices is not None and any(not -count <= index < count for index in out_indices):
+            raise ValueError(
+                f"out_indices: every index must be in [-{count}, {count}) (stem and {count - 1} stages), got "
+                f"{list(out_indices)}"
+            )
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=kwargs.pop("out_features", None))
         super().__post_init__(**kwargs)
         self._check_reduction()
 

@@ -114,7 +114,7 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
             if method == "freq" and candidates < reducible:
                 field, rule = "dc_window_sizes", f"{stage.window_size}x{stage.window_size} DC windows"
             raise ValueError(
-                f"{field}: {rule} at {_where(stage)} turns {length} tokens into {1 + candidates + merged}; a "
+                f"{field}: {rule} at {_where(stage)} would turn {length} tokens into {1 + candidates + merged}; a "
                 "reduction must shorten the sequence (a keep rate of 1.0 skips a layer)"
             )
 
