@@ -89,7 +89,8 @@ def test_the_op_count_is_per_forward_and_counts_the_reduction_work():
     models = build_models("overhead", ["freqvit-off", "freq", "free-cut"], torch.device("cpu"), torch.float32)
     pixels = torch.randn(1, 3, 224, 224)
     counts = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
-    assert counts["vit"] <= counts["freqvit-off"] < counts["free-cut"] < counts["freq"]
+    assert counts["freqvit-off"] < counts["free-cut"] < counts["freq"]
+    assert counts["freq"] <= counts["vit"] + 60  # the reduction's ops: few kernel launches on a GPU
     assert aten_ops_per_forward(models["freq"][0], pixels) == counts["freq"]  # the same every call: nothing cached
 
 
