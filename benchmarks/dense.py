@@ -3,7 +3,8 @@
 
     python benchmarks/dense.py [--checkpoint ../shared/assets/deit-tiny-patch16-224] [--data ../shared/assets/camvid]
         [--size 352 480] [--methods freq preset topk evit tome kmedoids] [--keep-rates 0.9 0.7 0.5]
-        [--restorations carrier residual nearest] [--output dense.json] [--figure dense.png]
+        [--restorations carrier residual nearest] [--state-file dense-state.json] [--output dense.json]
+        [--figure dense.png]
     python benchmarks/dense.py --methods preset --keep-rates 0.7 --restorations nearest --finetune-epochs 2
     python benchmarks/dense.py --speed [--speed-sizes 352x480 512x512] [--batch-size 8] [--rounds 5]
 
@@ -17,13 +18,19 @@ reduction layers are the default (3, 6, 9). GMACs are the backbone's at `--size`
 1e-3, batch `--batch-size`) on train, the unreduced one the same way, and gives each one's val mIoU and its share of
 the unreduced model's.
 
+With `--state-file`, every measurement is saved as it is made: an interrupted run (Ctrl-C) resumes when the same
+command runs again, and a state of another job (other checkpoint, data or settings) is refused by name.
+
 `--speed` times the backbone of each method (default restoration) against the unreduced one on the same weights,
 side by side in turns, per image size, with the MAC ratio.
 """
 
 import argparse
+import json
 import statistics
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +45,11 @@ from freqtr_hf.cli import HelpFormatter, non_negative_int, positive_int
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import read_image
 from freqtr_hf.models.freqvit.methods import TOKEN_RESTORATIONS
-from freqtr_hf.runs import BENCHMARK_KIND, FIGURE, check_output_file, write_figure, write_json
+from freqtr_hf.fingerprint import files_digest, mismatch, model_digest
+from freqtr_hf.runs import BENCHMARK_KIND, FIGURE, check_output_file, exclusive_use, write_figure, write_json
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets"
+STATE_KIND = "dense benchmark state"  # what --state-file holds (see freqtr_hf.runs)
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist")
 VOID = len(CLASSES)  # label 11: unlabelled, ignored
 # name -> backbone fields
@@ -140,11 +149,42 @@ def mean_iou(head: torch.nn.Conv2d, features: torch.Tensor, labels: torch.Tensor
     return float(100 * (np.diag(counts)[present] / union[present]).mean())
 
 
+class Progress:
+    """The measurements done so far, by key, saved after each one to `--state-file` (when given) with the job's
+    fingerprint: a rerun of the same job skips them, a state of another job is refused naming what differs."""
+
+    def __init__(self, path: str | None, fingerprint: dict):
+        self.path, self.fingerprint, self.done = path, fingerprint, {}
+        if path and Path(path).is_file():
+            saved = json.loads(Path(path).read_text())
+            different = mismatch(saved.get("fingerprint", {}), fingerprint)
+            if different:
+                raise ValueError(f"--state-file: {path} holds another job ({different}); give another file")
+            self.done = saved["done"]
+
+    def measure(self, key: str, compute: Callable[[], float]) -> float:
+        if key not in self.done:
+            self.done[key] = compute()
+            if self.path:
+                write_json(self.path, {"fingerprint": self.fingerprint, "done": self.done}, STATE_KIND)
+        return self.done[key]
+
+
+def job_fingerprint(args: argparse.Namespace) -> dict:
+    """What makes two runs the same job: the checkpoint's files, the data's files, and every setting that changes a
+    figure."""
+    data = sorted(path for path in args.data.rglob("*") if path.is_file())
+    return {
+        "checkpoint": model_digest(args.checkpoint), "data": files_digest(data, args.data), "size": list(args.size),
+        "batch_size": args.batch_size, "finetune_epochs": args.finetune_epochs,
+    }
+
+
 def backbone(checkpoint: str, fields: dict, restoration: str = "nearest") -> FreqViTBackbone:
     return FreqViTBackbone.from_pretrained(checkpoint, token_restoration=restoration, **fields).eval()
 
 
-def training_free(args: argparse.Namespace, processor) -> dict:
+def training_free(args: argparse.Namespace, processor, progress: Progress) -> dict:
     size = tuple(args.size)
     process = dict(size={"height": size[0], "width": size[1]}, do_center_crop=False, return_tensors="pt")
     train_images, train_labels = read_split(args.data / "train", size)
@@ -164,8 +204,10 @@ def training_free(args: argparse.Namespace, processor) -> dict:
             cells = []
             for restoration in args.restorations:
                 model = backbone(args.checkpoint, {**METHODS[method], "keep_rate": keep_rate}, restoration)
-                features = last_stage_features(model, val_pixels, args.batch_size, f"{method} {keep_rate} {restoration}")
-                miou = mean_iou(head, features, val_labels)
+                what = f"{method} {keep_rate} {restoration}"
+                miou = progress.measure(what, lambda: mean_iou(
+                    head, last_stage_features(model, val_pixels, args.batch_size, what), val_labels
+                ))
                 gmacs = count_macs(model.config, size) / 1e9
                 rows.append(dict(method=method, keep_rate=keep_rate, restoration=restoration, miou=miou, gmacs=gmacs))
                 cells.append(f"{miou:5.1f} ({100 * miou / reference:5.1f}%)")
@@ -181,8 +223,12 @@ def training_free(args: argparse.Namespace, processor) -> dict:
             for method in args.methods for keep_rate in args.keep_rates
         }}.items():
             model = backbone(args.checkpoint, fields)
-            head = fine_tune(model, train_pixels, train_labels, args.finetune_epochs, args.batch_size, name)
-            tuned[name] = mean_iou(head, last_stage_features(model, val_pixels, args.batch_size, "val"), val_labels)
+
+            def tuned_miou() -> float:
+                head = fine_tune(model, train_pixels, train_labels, args.finetune_epochs, args.batch_size, name)
+                return mean_iou(head, last_stage_features(model, val_pixels, args.batch_size, "val"), val_labels)
+
+            tuned[name] = progress.measure(f"fine-tuned {name}", tuned_miou)
             share = f" ({100 * tuned[name] / tuned['none']:.1f}% of the unreduced model fine-tuned the same way)"
             print(f"fine-tuned {args.finetune_epochs} epoch(s), {name}: val mIoU {tuned[name]:.1f}"
                   + (share if name != "none" else ""), flush=True)
@@ -275,11 +321,15 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="time the backbones instead of measuring mIoU")
     parser.add_argument("--speed-sizes", nargs="+", default=["352x480", "512x512"], help="HEIGHTxWIDTH, for --speed")
     parser.add_argument("--rounds", type=positive_int, default=5, help="timed forwards per model, for --speed")
+    parser.add_argument("--state-file", help="progress, saved after every measurement: run the same command again to "
+                        "resume an interrupted run")
     parser.add_argument("--output", help="a JSON file for the figures")
     parser.add_argument("--figure", help="a PNG of the unreduced and restored feature maps")
     args = parser.parse_args()
     if args.output:
         check_output_file(args.output, "--output", BENCHMARK_KIND)
+    if args.state_file:
+        check_output_file(args.state_file, "--state-file", STATE_KIND)
     if args.figure:
         check_output_file(args.figure, "--figure", FIGURE)
     if not args.speed:
@@ -291,7 +341,18 @@ def main() -> None:
     if args.speed:
         result = speed(args, device)
     else:
-        result = training_free(args, AutoImageProcessor.from_pretrained(args.checkpoint))
+        with ExitStack() as held:
+            try:  # the state file in use by another run, or holding another job: refused before any work
+                if args.state_file:
+                    held.enter_context(exclusive_use(args.state_file, "--state-file"))
+                progress = Progress(args.state_file, job_fingerprint(args))
+            except ValueError as error:
+                parser.error(str(error))
+            try:
+                result = training_free(args, AutoImageProcessor.from_pretrained(args.checkpoint), progress)
+            except KeyboardInterrupt:
+                resume = "run the same command again to resume" if args.state_file else "give --state-file to resume"
+                sys.exit(f"\ninterrupted: {resume}")
     if args.output:
         write_json(args.output, {"benchmark": "dense", **result}, BENCHMARK_KIND)
 

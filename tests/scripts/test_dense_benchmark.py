@@ -56,17 +56,27 @@ def write_scenes(folder: Path, count: int, seed: int) -> None:
         Image.fromarray(label).save(folder / "labels" / f"{i}.png")
 
 
-@pytest.mark.slow
-def test_a_short_run_measures_every_restoration_and_fine_tunes(tmp_path):
+def dense_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dense.py"), "--checkpoint", str(tmp_path / "vit"),
+         "--data", str(tmp_path / "camvid"), "--size", "64", "96", "--methods", "freq", "tome", "--keep-rates", "0.7",
+         "--batch-size", "3", *extra],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> Path:
     write_tiny_vit(tmp_path / "vit")
     for split, count in (("train", 6), ("val", 3)):
         write_scenes(tmp_path / "camvid" / split, count, seed=len(split))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "dense.py"), "--checkpoint", str(tmp_path / "vit"),
-         "--data", str(tmp_path / "camvid"), "--size", "64", "96", "--methods", "freq", "tome", "--keep-rates", "0.7",
-         "--finetune-epochs", "1", "--batch-size", "3", "--output", str(tmp_path / "dense.json")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_short_run_measures_every_restoration_and_fine_tunes(scenes):
+    tmp_path = scenes
+    result = dense_run(tmp_path, "--finetune-epochs", "1", "--output", str(tmp_path / "dense.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "dense.json").read_text())
     rows = {(row["method"], row["restoration"]): row for row in record["rows"]}
@@ -75,3 +85,25 @@ def test_a_short_run_measures_every_restoration_and_fine_tunes(tmp_path):
     assert rows[("freq", "nearest")]["gmacs"] < rows[("none", None)]["gmacs"]
     assert set(record["fine_tuned"]["miou"]) == {"none", "freq 0.7", "tome 0.7"}
     assert "freq        0.70" in result.stdout and "fine-tuned 1 epoch(s), freq 0.7" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_its_state_and_refuses_another_jobs(scenes):
+    """The state of a run stopped after some measurements (here: a state holding only the first two, as an
+    interrupted run leaves it) is resumed to the figures of an uninterrupted run; a state of other settings is refused
+    naming them, before any work."""
+    tmp_path = scenes
+    whole = dense_run(tmp_path, "--state-file", str(tmp_path / "state.json"), "--output", str(tmp_path / "a.json"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    state = json.loads((tmp_path / "state.json").read_text())
+    first_two = dict(list(state["done"].items())[:2])
+    (tmp_path / "state.json").write_text(json.dumps({**state, "done": first_two}))
+    resumed = dense_run(tmp_path, "--state-file", str(tmp_path / "state.json"), "--output", str(tmp_path / "b.json"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads((tmp_path / name).read_text())["rows"] for name in ("a.json", "b.json")]
+    assert rows[0] == rows[1]
+    assert list(first_two) == ["freq 0.7 carrier", "freq 0.7 residual"]
+    assert "freq 0.7 carrier" not in resumed.stderr and "tome 0.7 nearest" in resumed.stderr  # skipped, then measured
+    other = dense_run(tmp_path, "--state-file", str(tmp_path / "state.json"), "--size", "64", "80")
+    assert other.returncode == 2 and "--state-file" in other.stderr and "size differs" in other.stderr
+    assert "unreduced" not in other.stdout  # refused before any work

@@ -155,7 +155,7 @@ def merge_into_dc_tokens(
     dtype. Returns the DC tokens (B, W, C) and their patch counts (B, W).
     """
     weights = (sizes if count_weighted else (sizes > 0).to(sizes.dtype)).unsqueeze(1)  # (B, 1, t)
-    shares = weights if members is None else members * weights
+    shares = per_window(members, weights)
     totals = shares.sum(-1, keepdim=True)  # (B, W, 1)
     norms = totals
     if fill_global_mean and members is not None:
@@ -163,11 +163,14 @@ def merge_into_dc_tokens(
         norms = shares.sum(-1, keepdim=True)
     shares = shares / norms.clamp_min(1e-12)
     dc_tokens = (shares if shares.dtype == tokens.dtype else shares.to(tokens.dtype)) @ tokens
-    if not count_weighted:
-        totals = sizes.unsqueeze(1).sum(-1, keepdim=True) if members is None else (members * sizes.unsqueeze(1)).sum(
-            -1, keepdim=True
-        )
+    if not count_weighted:  # the patch counts, where the weights counted tokens
+        totals = per_window(members, sizes.unsqueeze(1)).sum(-1, keepdim=True)
     return dc_tokens, totals.squeeze(-1)
+
+
+def per_window(members: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """values (B, 1, t) -> (B, W, t): each window's share of them (all of them for one window, `members` None)."""
+    return values if members is None else members * values
 
 
 def nearest_destinations(
