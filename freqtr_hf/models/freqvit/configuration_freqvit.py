@@ -1,147 +1,46 @@
-"""FreqViT configuration: a `ViTConfig` plus the token-reduction schedule and the method's decisions."""
-
-import math
-from pathlib import Path
+"""FreqViT configuration: a `ViTConfig` plus the token-reduction fields (`ReductionConfigMixin`)."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .methods import (  # noqa: F401 - the method lists, also read from here
-    FREQ_PRESETS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, REDUCTION_METHODS, SCORE_SOURCES,
-    TOKEN_RESTORATIONS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS,
+from .configuration_reduction import (  # noqa: F401 - the field and method lists, also read from here
+    BACKBONE_FIELDS, FREQ_PRESETS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS, REDUCTION_FIELDS,
+    REDUCTION_METHODS, SCORE_SOURCES, TOKEN_RESTORATIONS, TRAINING_FREE_FREQ, TRAINING_FREE_METHODS,
+    ReductionConfigMixin,
 )
-from .token_schedule import ReductionStage, check_stages, pair, patch_grid
-
-
-RADIAL_NORMS = ("l1", "l2", "linf")
-DC_UPDATES = ("count_weighted", "token_mean")
-DC_EMPTY_FILLS = ("global_mean", "zeros")
-LOW_FREQUENCY_MERGES = ("dc_window", "nearest")
-MERGE_FEATURES = ("keys", "hidden_states")
-REDUCTION_FIELDS = (
-    "reduction_method", "reduction_layers", "keep_rate", "dc_window_sizes", "attention_reweighting",
-    "dc_position_embedding", "dc_update", "dc_empty_fill", "tome_r", "radial_norm", "cluster_iterations",
-    "dpc_neighbours", "sinkhorn_iterations", "dynamicvit_ratio_weight", "score_source", "low_frequency_merge",
-    "merge_features", "proportional_attention", "dc_key_weight_exponent", "low_frequency_pool", "sequence_multiple",
-)
-# the fields of the backbone convention (FreqViTBackbone): which stages, and how their maps are made
-BACKBONE_FIELDS = ("token_restoration", "apply_layernorm", "reshape_hidden_states", "_out_features", "_out_indices")
-# bounds that keep a forward pass finite in time: beyond them clustering and Sinkhorn do not change any more
-ITERATION_LIMITS = {"cluster_iterations": (1, 100), "dpc_neighbours": (1, 64), "sinkhorn_iterations": (1, 100)}
-# Checkpoint model types whose weights and layout a FreqViT can load. The Hub's DeiT checkpoints without a
-# distillation token (facebook/deit-*-patch16-224) are `vit`; model_type `deit` is the distilled kind.
-COMPATIBLE_MODEL_TYPES = ("freqvit", "vit")
-# The Auto classes a saved FreqViT serves with trust_remote_code, and the code each needs
-AUTO_MAP = {
-    "AutoConfig": "configuration_freqvit.FreqViTConfig",
-    "AutoModel": "modeling_freqvit.FreqViTModel",
-    "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
-    "AutoBackbone": "modeling_freqvit.FreqViTBackbone",
-}
 
 
 @strict(accept_kwargs=True)
-class FreqViTConfig(BackboneConfigMixin, ViTConfig):
+class FreqViTConfig(ReductionConfigMixin, BackboneConfigMixin, ViTConfig):
     r"""
-    Configuration of a ViT whose blocks reduce tokens (Lee et al., NeurIPS 2025). Every `ViTConfig` field keeps its
-    meaning; the fields below set the reduction. Values are checked when the config is built: an out-of-range or
-    inconsistent value raises `ValueError` naming the field.
-
-    reduction_method (`str`, defaults to `"freq"`):
-        `"freq"` (frequency-aware: keep high-frequency tokens, average the rest into DC tokens), `"none"` (the plain
-        ViT), or a baseline: `"topk"`, `"evit"`, `"tome"`, `"kmedoids"`, `"dpcknn"`, `"ats"`, `"dynamicvit"`,
-        `"sit"`, `"patchmerger"`, `"sinkhorn"`, `"radial"` (see the README for each one's keep rule).
-    reduction_layers (`list[int]`, defaults to `(3, 6, 9)`):
-        0-based indices of the blocks after whose attention (+ residual, before the MLP) tokens are reduced.
-    keep_rate (`float` or `list[float]`, defaults to `0.7`):
-        Fraction of the remaining candidate tokens kept at each reduction layer, one number for all or one per
-        layer; the kept count is `⌊keep_rate · candidates⌋`. `1.0` at a layer means that layer does not reduce.
-    dc_window_sizes (`list[int]`, defaults to `(2, 1, 1)`):
-        Per reduction layer, `w`: the original patch grid is cut into `w × w` windows, one DC token each.
-    attention_reweighting (`bool`, defaults to `True`):
-        Learnable per-head `ω1` (every block) and `ω2` (blocks that see DC tokens), initialised to zero:
-        `Â = A + ω1·(A − 1/n) + ω2·A⊙M_DC`.
-    dc_position_embedding (`bool`, defaults to `True`):
-        A learnable embedding per DC slot and reduction layer, zero-initialised, added to the DC tokens.
-    dc_update (`str`, defaults to `"count_weighted"`):
-        How later reduction layers fold new low-frequency tokens into the existing DC tokens: `"count_weighted"`
-        (running mean weighted by the number of original patches each DC token stands for) or `"token_mean"`
-        (every old DC token counts as one token; that of a window that received nothing, none).
-    dc_empty_fill (`str`, defaults to `"global_mean"`):
-        Value of a DC window that received no token: `"global_mean"` (mean of all low-frequency content) or
-        `"zeros"`. Either way every image has the same number of tokens.
-    low_frequency_merge (`str`, defaults to `"dc_window"`):
-        Where `"freq"` puts a low-frequency token: `"dc_window"` (the paper: into its window's DC token) or
-        `"nearest"` (into the most similar of the kept tokens and its window's DC centre, as a size-weighted mean;
-        a kept token then stands for several patches). The token counts are the same either way.
-    merge_features (`str`, defaults to `"hidden_states"`):
-        The features `"nearest"` compares by cosine similarity: the block's `"hidden_states"` or its head-averaged
-        `"keys"` (ToMe's choice).
-    proportional_attention (`bool`, defaults to `False`):
-        For `"freq"`: every kept and DC token weighs, as an attention key, as many patches as it stands for (a
-        `log size` bias on the attention logits, ToMe's proportional attention). Not for flash or flex attention.
-    dc_key_weight_exponent (`float`, defaults to `1.0`):
-        With `proportional_attention`, a DC token weighs `size ** dc_key_weight_exponent` attention keys: `1` as many
-        as the patches it averages (like every other token), `0` one key, between the two a tempered count. A DC
-        window that received no token stays masked. In [0, 1]; other values need `proportional_attention`.
-    low_frequency_pool (`float`, defaults to `0.0`):
-        For `"freq"`: the share p of each stage's candidates, the lowest-scoring, among which the tokens given up are
-        chosen by redundancy: those most similar (cosine on `merge_features`) to a token above the pool, which is
-        always kept. `0` (the paper): the lowest-scoring tokens are given up. It acts only where a stage gives up
-        fewer than `round(p · candidates)` tokens (keep rates above `1 − p`). In [0, 1).
-    sequence_multiple (`int`, defaults to 1):
-        Round each stage's kept count to the nearest one that makes the sequence after the stage (CLS, kept tokens,
-        DC or fused tokens) a multiple of this, e.g. 8, 64 or 128 to fill GPU tiles; a stage still keeps one token
-        and shortens the sequence, and keeps its unrounded count where no multiple allows that. `1`: no rounding. The MAC
-        count follows the rounded counts. Not with `tome_r`.
-    tome_r (`int`, *optional*):
-        ToMe in its original per-layer form: merge `tome_r` tokens in every block (`reduction_layers` and
-        `keep_rate` are then unused). Unset: ToMe reduces per stage, like every other method.
-    radial_norm (`str`, defaults to `"l2"`):
-        Distance to the image centre for `"radial"`: `"l1"`, `"l2"` or `"linf"`.
-    cluster_iterations (`int`, defaults to 3): k-medoids iterations.
-    dpc_neighbours (`int`, defaults to 5): neighbours for the DPC-KNN density.
-    sinkhorn_iterations (`int`, defaults to 3): Sinkhorn normalisation rounds.
-    dynamicvit_ratio_weight (`float`, defaults to 2.0): weight of DynamicViT's keep-ratio loss.
+    Configuration of a ViT whose blocks reduce tokens (Lee et al., NeurIPS 2025): every `ViTConfig` field keeps its
+    meaning, and the fields of `ReductionConfigMixin` set the reduction (`reduction_method`, `reduction_layers`,
+    `keep_rate`, ...; see there). Loads ViT and DeiT checkpoints (a DeiT without distillation token is a `vit`).
 
     As a backbone (`FreqViTBackbone`, `AutoBackbone`), for dense heads:
 
     out_features / out_indices (`list`, *optional*): the stages whose feature maps the backbone returns, by name
         (`"stem"` the embeddings, `"stageN"` the output of block N) or index; the last stage by default.
-    token_restoration (`str`, defaults to `"nearest"`): how a feature map puts back a patch that left the sequence:
-        `"carrier"` (the token that carries it), `"residual"` (its own state when it left plus what its carrier gained
-        since: the paper's residual injection) or `"nearest"` (its own state plus what the most similar remaining
-        token gained since). A patch a pruning method dropped follows the most similar token. See docs/dense.md.
     apply_layernorm (`bool`, defaults to `True`): apply the final layer norm to each feature map.
     reshape_hidden_states (`bool`, defaults to `True`): return maps as (B, C, H/p, W/p); else as ViT's sequence
         (B, 1 + H/p · W/p, C), CLS first (what DPT's reassembly reads).
     """
 
     model_type = "freqvit"
+    compatible_model_types = ("freqvit", "vit")
+    # the Hub's DeiT checkpoints without a distillation token (facebook/deit-*-patch16-224) are `vit`
+    refused_model_types = {
+        "deit": "a distilled DeiT (model_type 'deit', with a distillation token), which FreqViT does not load; use a "
+        "DeiT checkpoint without distillation token, such as facebook/deit-small-patch16-224",
+    }
+    auto_map_entries = {
+        "AutoConfig": "configuration_freqvit.FreqViTConfig",
+        "AutoModel": "modeling_freqvit.FreqViTModel",
+        "AutoModelForImageClassification": "modeling_freqvit.FreqViTForImageClassification",
+        "AutoBackbone": "modeling_freqvit.FreqViTBackbone",
+    }
 
-    reduction_method: str = "freq"
-    reduction_layers: list[int] | tuple[int, ...] = (3, 6, 9)
-    keep_rate: float | int | list[float | int] | tuple[float | int, ...] = 0.7
-    dc_window_sizes: list[int] | tuple[int, ...] = (2, 1, 1)
-    attention_reweighting: bool = True
-    dc_position_embedding: bool = True
-    dc_update: str = "count_weighted"
-    dc_empty_fill: str = "global_mean"
-    tome_r: int | None = None
-    radial_norm: str = "l2"
-    cluster_iterations: int = 3
-    dpc_neighbours: int = 5
-    sinkhorn_iterations: int = 3
-    dynamicvit_ratio_weight: float | int = 2.0
-    score_source: str = "attention"
-    low_frequency_merge: str = "dc_window"
-    merge_features: str = "hidden_states"
-    proportional_attention: bool = False
-    dc_key_weight_exponent: float | int = 1.0
-    low_frequency_pool: float | int = 0.0
-    sequence_multiple: int = 1
-    token_restoration: str = "nearest"
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True
     _out_features: list[str] | None = None
@@ -149,186 +48,11 @@ class FreqViTConfig(BackboneConfigMixin, ViTConfig):
 
     def __post_init__(self, **kwargs):
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
-        out_indices = kwargs.pop("out_indices", None)
-        count = len(self.stage_names)
-        if out_indices is not None and any(not -count <= index < count for index in out_indices):
-            raise ValueError(
-                f"out_indices: every index must be in [-{count}, {count}) (stem and {count - 1} stages), got "
-                f"{list(out_indices)}"
-            )
-        self.set_output_features_output_indices(out_indices=out_indices, out_features=kwargs.pop("out_features", None))
-        super().__post_init__(**kwargs)
-        self._check_reduction()
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs):
-        # from_pretrained's overrides (reduction_layers=..., num_hidden_layers=...) join the dict before the config is
-        # built, so the schedule is checked once, against the final values: a 6-layer ViT loads with its own schedule
-        fields = getattr(cls, "__dataclass_fields__", {})
-        config_dict = {**config_dict, **{key: kwargs.pop(key) for key in list(kwargs) if key in fields}}
-        return super().from_dict(config_dict, **kwargs)
-
-    def validate_reduction(self) -> None:
-        """Check the reduction fields again (the model calls this when it is built, so a field changed after the
-        config was made is checked too). Raises `ValueError` naming the field."""
-        self._check_reduction()
-
-    def _check_reduction(self) -> None:
-        self.reduction_layers = tuple(self.reduction_layers)
-        self.dc_window_sizes = tuple(self.dc_window_sizes)
-        if isinstance(self.keep_rate, (list, tuple)):
-            self.keep_rate = tuple(self.keep_rate)
-        _check_choice("reduction_method", self.reduction_method, REDUCTION_METHODS)
-        _check_choice("dc_update", self.dc_update, DC_UPDATES)
-        _check_choice("dc_empty_fill", self.dc_empty_fill, DC_EMPTY_FILLS)
-        _check_choice("radial_norm", self.radial_norm, RADIAL_NORMS)
-        _check_choice("score_source", self.score_source, SCORE_SOURCES)
-        _check_choice("low_frequency_merge", self.low_frequency_merge, LOW_FREQUENCY_MERGES)
-        _check_choice("merge_features", self.merge_features, MERGE_FEATURES)
-        _check_choice("token_restoration", self.token_restoration, TOKEN_RESTORATIONS)
-        for name in ("image_size", "patch_size"):
-            sizes = pair(getattr(self, name))
-            if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
-                raise ValueError(f"{name}: must be a positive whole number (or a pair of them), got {getattr(self, name)}")
-        for name in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:  # ViT would silently drop the remainder's channels
-            raise ValueError(
-                f"hidden_size: must be a multiple of num_attention_heads ({self.num_attention_heads}), got "
-                f"{self.hidden_size}"
-            )
-        if self.reduction_method == "dynamicvit" and self.hidden_size < 4:  # its predictor narrows to hidden_size/4
-            raise ValueError(f"hidden_size: DynamicViT's keep predictor needs at least 4, got {self.hidden_size}")
-        if self.tome_r is not None and self.reduction_method != "tome":
-            raise ValueError(f"tome_r: per-layer ToMe's setting, but reduction_method is {self.reduction_method!r}")
-        if self.sequence_multiple < 1:
-            raise ValueError(f"sequence_multiple: must be >= 1, got {self.sequence_multiple!r}")
-        if self.sequence_multiple > 1 and self.tome_r is not None:
-            raise ValueError("sequence_multiple: per-layer ToMe (tome_r) merges a fixed number of tokens per block")
-        if self.tome_r is not None and self.tome_r < 1:
-            raise ValueError(f"tome_r: must be a positive number of tokens, got {self.tome_r}")
-        for name, (low, high) in ITERATION_LIMITS.items():
-            if not low <= getattr(self, name) <= high:
-                raise ValueError(f"{name}: must be in [{low}, {high}], got {getattr(self, name)}")
-        weight = self.dynamicvit_ratio_weight
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"dynamicvit_ratio_weight: must be a finite number >= 0, got {weight}")
-        exponent = self.dc_key_weight_exponent
-        if not 0.0 <= exponent <= 1.0:  # also refuses NaN
-            raise ValueError(f"dc_key_weight_exponent: must be in [0, 1], got {exponent!r}")
-        if exponent != 1.0 and not self.proportional_attention:
-            raise ValueError(
-                f"dc_key_weight_exponent: weighs DC tokens under proportional_attention, which is off; got {exponent!r}"
-            )
-        if not 0.0 <= self.low_frequency_pool < 1.0:  # also refuses NaN
-            raise ValueError(f"low_frequency_pool: must be in [0, 1), got {self.low_frequency_pool!r}")
-        layers = self.reduction_layers
-        rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
-        if len(rates) != len(layers):
-            raise ValueError(
-                f"keep_rate: {len(rates)} values for {len(layers)} reduction_layers; give one number or one per layer"
-            )
-        if any(not 0.0 < rate <= 1.0 for rate in rates):  # also refuses NaN
-            raise ValueError(f"keep_rate: every rate must be in (0, 1], got {self.keep_rate!r}")
-        if self.reduction_method == "freq" and len(self.dc_window_sizes) != len(layers):  # only freq has DC windows
-            raise ValueError(
-                f"dc_window_sizes: {len(self.dc_window_sizes)} values for {len(layers)} reduction_layers"
-            )
-        if any(size < 1 for size in self.dc_window_sizes):
-            raise ValueError(f"dc_window_sizes: every window size must be >= 1, got {list(self.dc_window_sizes)}")
-        if list(layers) != sorted(set(layers)):
-            raise ValueError(f"reduction_layers: must be strictly increasing, got {list(layers)}")
-        grid = patch_grid(self.image_size, self.patch_size)
-        if grid[0] * grid[1] == 0:
-            raise ValueError(
-                f"image_size: a {self.image_size} image holds no whole {self.patch_size} patch (patch_size)"
-            )
-        if self.reduction_method == "none" or self.tome_r is not None:
-            return  # the schedule is unused: a plain ViT of any depth keeps the default fields
-        if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
-            raise ValueError(
-                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
-                f"got {list(layers)}"
-            )
-        check_stages(self.reduction_method, self.reduction_stages, patch_grid(self.image_size, self.patch_size))
-
-    def reduction_signature(self) -> dict:
-        """Every value the model's reduction is built from, by name, in a normal form (a list as a tuple, a size as
-        a pair, one keep rate as one per layer), so that a model can compare it with the one it was built with: an
-        equal value written another way is no change."""
-        fields = (*REDUCTION_FIELDS, "num_hidden_layers", "hidden_size", "num_attention_heads")
-        values = {name: getattr(self, name) for name in fields}
-        values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
-        if not isinstance(values["keep_rate"], tuple):
-            values["keep_rate"] = (values["keep_rate"],) * len(values["reduction_layers"])
-        return {**values, "image_size": tuple(pair(self.image_size)), "patch_size": tuple(pair(self.patch_size))}
-
-    @property
-    def weights_attention_keys(self) -> bool:
-        """Whether the reduction biases attention keys (ToMe's sizes, ATS's padding, DynamicViT's training mask,
-        `freq` with `proportional_attention`): only eager and sdpa attention take such a bias."""
-        return self.reduction_method in KEY_WEIGHT_METHODS or (
-            self.reduction_method == "freq" and self.proportional_attention
+        self._check_out_indices(kwargs.get("out_indices"))
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
-
-    @property
-    def keep_rates(self) -> tuple[float, ...]:
-        """One keep rate per entry of `reduction_layers`."""
-        if isinstance(self.keep_rate, (list, tuple)):
-            return tuple(self.keep_rate)
-        return (self.keep_rate,) * len(self.reduction_layers)
-
-    @property
-    def reduction_stages(self) -> list[ReductionStage]:
-        """The layers that actually reduce: none for `"none"`, and never a layer whose keep rate is 1.0."""
-        if self.reduction_method == "none":
-            return []
-        if self.tome_r is not None:
-            return [ReductionStage(layer, 1.0, remove=self.tome_r) for layer in range(self.num_hidden_layers)]
-        method = self.reduction_method
-        sizes = self.dc_window_sizes if method == "freq" else (1,) * len(self.reduction_layers)
-        return [
-            ReductionStage(
-                layer, rate, size, multiple=self.sequence_multiple,
-                added=size**2 if method == "freq" else int(method == "evit"),
-            )
-            for layer, rate, size in zip(self.reduction_layers, self.keep_rates, sizes)
-            if rate < 1.0
-        ]
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PretrainedConfig.save_pretrained`, with an `auto_map` of this project's own classes whose code the folder
-        carries, and nothing else: an entry inherited from the source checkpoint could name code that a user of the
-        saved folder would run with `trust_remote_code=True`."""
-        self.auto_map = {
-            auto_class: reference for auto_class, reference in AUTO_MAP.items()
-            if auto_class == "AutoConfig" or (Path(save_directory) / f"{reference.split('.')[0]}.py").is_file()
-        }  # a model's save_pretrained copies its code before it saves the config
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        model_type = config_dict.get("model_type")
-        if model_type == "deit":
-            raise ValueError(
-                f"{pretrained_model_name_or_path} is a distilled DeiT (model_type 'deit', with a distillation token), "
-                "which FreqViT does not load; use a DeiT checkpoint without distillation token, such as "
-                "facebook/deit-small-patch16-224"
-            )
-        if model_type not in COMPATIBLE_MODEL_TYPES:
-            raise ValueError(
-                f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; FreqViT loads ViT and DeiT "
-                f"checkpoints (model_type one of {COMPATIBLE_MODEL_TYPES})"
-            )
-        config_dict["model_type"] = cls.model_type  # a ViT/DeiT config becomes a FreqViT config
-        return config_dict, kwargs
-
-
-def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
+        super().__post_init__(**kwargs)
 
 
 # save_pretrained copies this module (and the config's auto_map names it), for trust_remote_code=True

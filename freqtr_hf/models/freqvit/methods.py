@@ -9,6 +9,8 @@ FIXED_OUTPUT_METHODS = ("sit", "patchmerger", "sinkhorn")
 # Methods that weight attention keys with an additive bias (ToMe's sizes, ATS's padding, DynamicViT's training mask).
 KEY_WEIGHT_METHODS = ("tome", "ats", "dynamicvit")
 REDUCTION_METHODS = ("none", "freq", "evit", *PRUNING_METHODS, *MERGING_METHODS)
+# Methods that score tokens by the CLS token's attention: not for models without a CLS token (SigLIP).
+CLS_SCORE_METHODS = ("topk", "evit", "ats")
 # The methods that need no training: they run on any pretrained ViT as it is.
 TRAINING_FREE_METHODS = ("freq", "topk", "evit", "tome", "kmedoids", "ats", "radial")
 # Where `freq` reads its token scores: the attention matrix (the paper's method), or the attention logits (App. J)

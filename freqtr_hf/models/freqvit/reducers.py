@@ -9,7 +9,7 @@ registry; the attention and layer code stay as they are.
 import torch
 from torch import nn
 
-from .configuration_freqvit import FreqViTConfig
+from .configuration_reduction import ReductionConfigMixin
 from .reduction_clustering import density_peak_centres, k_medoids, pairwise_distances
 from .reduction_frequency import (
     absorb_into_kept_tokens,
@@ -54,7 +54,7 @@ class TokenReducer(nn.Module):
     needs_attention_probs = True
     needs_received_attention = False
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__()
         self.stage = stages[index]
         self.previous_stage = stages[index - 1] if index else None
@@ -86,7 +86,7 @@ class FrequencyReducer(TokenReducer):
     patches it stands for, and with `low_frequency_pool` the tokens given up are the most redundant of the
     lowest-scoring ones (see docs/training_free.md)."""
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.count_weighted = config.dc_update == "count_weighted"
         self.fill_global_mean = config.dc_empty_fill == "global_mean"
@@ -125,12 +125,13 @@ class FrequencyReducer(TokenReducer):
         )
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
         num_candidates = tokens.num_candidates
         if self.needs_received_attention:
             scores = maps.received  # ranks as the paper's score, which subtracts 1/n
         else:
             scores = high_frequency_logit_scores(maps.queries, maps.keys, maps.scaling)
-        scores = scores[:, 1 : 1 + num_candidates]
+        scores = scores[:, p : p + num_candidates]
         num_keep = self.stage.kept(num_candidates)
         # the pool leaves at least one token outside it to compare with; a pool no larger than the tokens given up is
         # the paper's choice
@@ -142,7 +143,7 @@ class FrequencyReducer(TokenReducer):
         low_idx = None
         if use_pool:
             features = hidden_states if keys is None else keys
-            keep_idx, low_idx = split_by_redundancy(scores, features[:, 1 : 1 + num_candidates], num_keep, pool_size)
+            keep_idx, low_idx = split_by_redundancy(scores, features[:, p : p + num_candidates], num_keep, pool_size)
         else:
             keep_idx = split_by_score(scores, num_keep)
         given_up = given_up_tokens(keep_idx, scores)  # (B, m)
@@ -154,33 +155,33 @@ class FrequencyReducer(TokenReducer):
         sizes = given_up if tokens.candidate_sizes is None else given_up * tokens.candidate_sizes
         if tokens.num_merged:
             sizes = torch.cat([sizes, tokens.merged_sizes], dim=1)
-        kept = gather_tokens(hidden_states, keep_idx, first=1)
+        kept = gather_tokens(hidden_states, keep_idx, first=p)
         kept_sizes, destinations, low_windows = None, None, None
         if low_idx is not None:
             candidate_windows = window_index(tokens.grid, self.stage.window_size, device)[tokens.patch_ids]
             low_windows = candidate_windows.gather(1, low_idx)
         if self.merge_nearest:
             # compare in feature space with the DC token the paper's rule would make for the window
-            low = gather_tokens(hidden_states, low_idx, first=1)
+            low = gather_tokens(hidden_states, low_idx, first=p)
             low_features, kept_features, features = low, kept, hidden_states
             if keys is not None:
                 features = keys
-                low_features, kept_features = gather_tokens(keys, low_idx, first=1), gather_tokens(keys, keep_idx, first=1)
-            centres, _ = self.dc_tokens(features[:, 1:], members, sizes)
+                low_features, kept_features = gather_tokens(keys, low_idx, first=p), gather_tokens(keys, keep_idx, first=p)
+            centres, _ = self.dc_tokens(features[:, p:], members, sizes)
             destinations = nearest_destinations(low_features, kept_features, centres, low_windows)
-            candidate_sizes = tokens.token_sizes()[:, 1 : 1 + num_candidates]
+            candidate_sizes = tokens.token_sizes()[:, p : p + num_candidates]
             kept, kept_sizes = absorb_into_kept_tokens(
                 kept, candidate_sizes.gather(1, keep_idx), low, candidate_sizes.gather(1, low_idx), destinations
             )
             # those that joined a kept token no longer reach the DC tokens
             joined = torch.zeros(sizes.shape, dtype=torch.bool, device=device).scatter_(1, low_idx, destinations >= 0)
             sizes = sizes.masked_fill(joined, 0.0)
-        dc_tokens, dc_sizes = self.dc_tokens(hidden_states[:, 1:], members, sizes)
+        dc_tokens, dc_sizes = self.dc_tokens(hidden_states[:, p:], members, sizes)
         if self.dc_position_embeddings is not None:
             dc_tokens = dc_tokens + self.dc_position_embeddings
         merge_target, join_target = None, None
         if tokens.patch_to_token is not None:
-            low_at = 1 + low_idx
+            low_at = p + low_idx
             merge_target = torch.full(hidden_states.shape[:2], -1, dtype=torch.long, device=device)
             low_targets = low_windows
             if destinations is not None:  # a token that joined a kept token is in no DC token
@@ -188,7 +189,7 @@ class FrequencyReducer(TokenReducer):
                 low_targets = torch.where(destinations >= 0, -1, low_windows)
             merge_target.scatter_(1, low_at, low_targets)
             if tokens.num_merged:
-                merge_target[:, 1 + num_candidates :] = window_transfer(
+                merge_target[:, p + num_candidates :] = window_transfer(
                     tokens.grid, self.previous_stage.window_size, self.stage.window_size, device
                 )
         return tokens.reduce(
@@ -202,7 +203,8 @@ class TopKReducer(TokenReducer):
     """Top-K: keep the candidates the CLS token attends to most (head-averaged); drop the rest."""
 
     def scores(self, maps: AttentionMaps, tokens: TokenState) -> torch.Tensor:
-        return cls_attention_scores(maps.probs)[:, 1 : 1 + tokens.num_candidates]
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
+        return cls_attention_scores(maps.probs)[:, p : p + tokens.num_candidates]
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
         keep_idx = top_k_in_order(self.scores(maps, tokens), self.stage.kept(tokens.num_candidates))
@@ -214,7 +216,7 @@ class RadialReducer(TopKReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.norm = config.radial_norm
 
@@ -228,14 +230,15 @@ class EViTReducer(TokenReducer):
     by that attention, appended last."""
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
-        cls_attention = cls_attention_scores(maps.probs)[:, 1:]
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
+        cls_attention = cls_attention_scores(maps.probs)[:, p:]
         num_keep, _ = stage_output("evit", self.stage, tokens.num_candidates, tokens.num_merged)
         keep_idx = top_k_in_order(cls_attention, num_keep)
         fused = torch.ones_like(cls_attention, dtype=torch.bool).scatter_(1, keep_idx, False)
-        fused_token = fuse_tokens(hidden_states[:, 1:], torch.where(fused, cls_attention, 0.0))
-        sizes = tokens.token_sizes()[:, 1:]
+        fused_token = fuse_tokens(hidden_states[:, p:], torch.where(fused, cls_attention, 0.0))
+        sizes = tokens.token_sizes()[:, p:]
         fused_size = (sizes * fused).sum(1, keepdim=True)
-        merge_target = _merge_target(tokens, hidden_states.shape[1], torch.where(fused, 0, -1), first=1)
+        merge_target = _merge_target(tokens, hidden_states.shape[1], torch.where(fused, 0, -1), first=p)
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, fused_token, fused_size, merge_target,
             kept_sizes=sizes.gather(1, keep_idx),
@@ -247,13 +250,14 @@ class ATSReducer(TokenReducer):
     spaced quantiles keeps each image's own number of tokens; padding is masked out of attention."""
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
         num_candidates = tokens.num_candidates
-        significance = (maps.probs[:, :, 0] * maps.values.norm(dim=-1)).sum(dim=1)[:, 1 : 1 + num_candidates]
-        valid = tokens.valid[:, 1 : 1 + num_candidates] if tokens.valid is not None else torch.ones_like(
+        significance = (maps.probs[:, :, 0] * maps.values.norm(dim=-1)).sum(dim=1)[:, p : p + num_candidates]
+        valid = tokens.valid[:, p : p + num_candidates] if tokens.valid is not None else torch.ones_like(
             significance, dtype=torch.bool
         )
         keep_idx, kept_valid = adaptive_sample(significance, self.stage.kept(num_candidates), valid)
-        new_valid = torch.cat([torch.ones_like(kept_valid[:, :1]), kept_valid], dim=1)
+        new_valid = torch.cat([kept_valid.new_ones(kept_valid.shape[0], p), kept_valid], dim=1)
         return tokens.reduce(
             self.stage.layer, hidden_states, keep_idx, valid=new_valid, key_weights=new_valid.float()
         )
@@ -270,7 +274,7 @@ class DynamicViTReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.predictor = KeepPredictor(config.hidden_size)
         self.ratio_weight = config.dynamicvit_ratio_weight
@@ -279,9 +283,10 @@ class DynamicViTReducer(TokenReducer):
             self.target_ratio *= stage.keep_rate
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
         num_candidates = tokens.num_candidates
-        candidates = hidden_states[:, 1 : 1 + num_candidates]
-        current = tokens.key_weights[:, 1 : 1 + num_candidates] if tokens.key_weights is not None else torch.ones(
+        candidates = hidden_states[:, p : p + num_candidates]
+        current = tokens.key_weights[:, p : p + num_candidates] if tokens.key_weights is not None else torch.ones(
             candidates.shape[:2], device=candidates.device
         )
         logits = self.predictor(candidates, current)
@@ -291,7 +296,7 @@ class DynamicViTReducer(TokenReducer):
         decisions = gumbel_keep_decisions(logits) * current
         ratio_loss = self.ratio_weight * (decisions.mean(dim=1) - self.target_ratio).pow(2).mean()
         all_idx = torch.arange(num_candidates, device=candidates.device).expand(candidates.shape[0], -1)
-        key_weights = torch.cat([torch.ones_like(decisions[:, :1]), decisions], dim=1)
+        key_weights = torch.cat([decisions.new_ones(decisions.shape[0], p), decisions], dim=1)
         hidden_states, tokens = tokens.reduce(self.stage.layer, hidden_states, all_idx, key_weights=key_weights)
         return hidden_states, tokens.with_auxiliary_loss(ratio_loss)
 
@@ -305,17 +310,18 @@ class ToMeReducer(TokenReducer):
     needs_attention_probs = False
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
         keys = maps.keys.mean(dim=1)
         sizes = tokens.token_sizes()
         if self.stage.remove is not None:
-            count = hidden_states.shape[1] - 1
+            count = hidden_states.shape[1] - 1  # one CLS, in set A (the config allows per-layer ToMe only so)
             merged, new_sizes, positions = merge_step(hidden_states, keys, sizes, count - self.stage.kept(count))
             merged, new_sizes, positions = merged[:, 1:], new_sizes[:, 1:], positions[:, 1:] - 1
         else:
             merged, new_sizes, positions = merge_to_count(
-                hidden_states[:, 1:], keys[:, 1:], sizes[:, 1:], self.stage.kept(hidden_states.shape[1] - 1)
+                hidden_states[:, p:], keys[:, p:], sizes[:, p:], self.stage.kept(hidden_states.shape[1] - p)
             )
-        merge_target = _merge_target(tokens, hidden_states.shape[1], positions, first=1)
+        merge_target = _merge_target(tokens, hidden_states.shape[1], positions, first=p)
         return tokens.reduce(
             self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, new_sizes, merge_target,
             proportional_attention=True,
@@ -326,20 +332,21 @@ class KMedoidsReducer(TokenReducer):
     """K-Medoids: a few k-medoids iterations on the token features, started from the tokens that receive the most
     attention; the sequence becomes the medoid tokens."""
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.iterations = config.cluster_iterations
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
-        tokens_in = hidden_states[:, 1:]
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
+        tokens_in = hidden_states[:, p:]
         num_clusters = self.stage.kept(tokens_in.shape[1])
-        received = maps.probs.mean(dim=(1, 2), dtype=torch.float32)[:, 1:]  # a bf16 mean ties many tokens
+        received = maps.probs.mean(dim=(1, 2), dtype=torch.float32)[:, p:]  # a bf16 mean ties many tokens
         initial = received.topk(num_clusters, dim=1).indices.sort(dim=1).values
         medoids, assignment = k_medoids(pairwise_distances(tokens_in), initial, self.iterations)
-        token_sizes = tokens.token_sizes()[:, 1:]
+        token_sizes = tokens.token_sizes()[:, p:]
         sizes = group_sums(token_sizes, assignment, num_clusters)
-        merged = gather_tokens(hidden_states, medoids, first=1)
-        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
+        merged = gather_tokens(hidden_states, medoids, first=p)
+        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=p)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 
 
@@ -358,21 +365,22 @@ class DPCKNNReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.neighbours = config.dpc_neighbours
         self.token_score = TokenScore(config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
-        tokens_in = hidden_states[:, 1:]
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
+        tokens_in = hidden_states[:, p:]
         num_clusters = self.stage.kept(tokens_in.shape[1])
         _, assignment = density_peak_centres(pairwise_distances(tokens_in), num_clusters, self.neighbours)
-        sizes = tokens.token_sizes()[:, 1:]
+        sizes = tokens.token_sizes()[:, p:]
         weights = self.token_score(tokens_in).squeeze(-1).float().exp() * sizes
         merged, _ = group_means(tokens_in, assignment, weights, num_clusters)
         merged = merged.to(tokens_in.dtype)
         merged_sizes = group_sums(sizes, assignment, num_clusters)
-        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=1)
+        merge_target = _merge_target(tokens, hidden_states.shape[1], assignment, first=p)
         return tokens.reduce(
             self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, merged_sizes, merge_target
         )
@@ -384,7 +392,7 @@ class SoftMergeReducer(TokenReducer):
 
     needs_attention_probs = False
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         grid = patch_grid(config.image_size, config.patch_size)
         self.num_outputs = merged_counts(config.reduction_method, stages, grid)[index]
@@ -394,17 +402,18 @@ class SoftMergeReducer(TokenReducer):
         raise NotImplementedError
 
     def forward(self, hidden_states: torch.Tensor, maps: AttentionMaps, tokens: TokenState) -> Reduced:
-        tokens_in = hidden_states[:, 1:]
+        p = tokens.prefix  # the tokens before the candidates (CLS, registers)
+        tokens_in = hidden_states[:, p:]
         logits = self.assignment_logits(tokens_in)
-        merged, sizes = soft_merge(tokens_in, logits, tokens.token_sizes()[:, 1:])
-        merge_target = _merge_target(tokens, hidden_states.shape[1], logits.argmax(dim=-1), first=1)
+        merged, sizes = soft_merge(tokens_in, logits, tokens.token_sizes()[:, p:])
+        merge_target = _merge_target(tokens, hidden_states.shape[1], logits.argmax(dim=-1), first=p)
         return tokens.reduce(self.stage.layer, hidden_states, _empty_keep(hidden_states), merged, sizes, merge_target)
 
 
 class SiTReducer(SoftMergeReducer):
     """SiT: an MLP predicts each token's assignment logits to the output tokens."""
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.assign = nn.Sequential(
             nn.LayerNorm(config.hidden_size),
@@ -420,7 +429,7 @@ class SiTReducer(SoftMergeReducer):
 class PatchMergerReducer(SoftMergeReducer):
     """PatchMerger: learnable queries attend over the (normalised) tokens."""
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.norm = nn.LayerNorm(config.hidden_size)
         self.queries = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
@@ -432,7 +441,7 @@ class PatchMergerReducer(SoftMergeReducer):
 class SinkhornReducer(SoftMergeReducer):
     """Sinkhorn: cosine scores against learnable cluster centres, Sinkhorn-normalised into an assignment."""
 
-    def __init__(self, config: FreqViTConfig, stages: list[ReductionStage], index: int):
+    def __init__(self, config: ReductionConfigMixin, stages: list[ReductionStage], index: int):
         super().__init__(config, stages, index)
         self.centres = nn.Parameter(torch.empty(self.num_outputs, config.hidden_size))
         self.iterations = config.sinkhorn_iterations

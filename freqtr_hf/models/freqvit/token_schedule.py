@@ -1,7 +1,8 @@
 """How many tokens each block sees: the fixed token counts of a reduction schedule.
 
 Pure integer arithmetic shared by the config validation, the model and the MAC counter, so that all three agree.
-A sequence is always laid out as `[CLS, candidates (original patches), merged tokens]`.
+A sequence is always laid out as `[prefix, candidates (original patches), merged tokens]`, the prefix being the tokens
+that are never candidates (CLS and registers; none for SigLIP).
 """
 
 import math
@@ -11,15 +12,15 @@ from typing import TYPE_CHECKING
 from .methods import FIXED_OUTPUT_METHODS, KEY_WEIGHT_METHODS, MERGING_METHODS, PRUNING_METHODS  # noqa: F401
 
 if TYPE_CHECKING:
-    from .configuration_freqvit import FreqViTConfig
+    from .configuration_reduction import ReductionConfigMixin
 
 
 @dataclass(frozen=True)
 class ReductionStage:
     """One reduction step after the attention of block `layer`: keep `keep_rate` of the reducible tokens, or,
     with `remove` set (ToMe's per-layer form), all but `remove` of them. `window_size`: DC windows (`freq`).
-    `multiple`: round the kept count so that the sequence after the stage (CLS, the kept tokens and the `added` ones
-    the stage makes: `freq`'s DC tokens, EViT's fused token) is a multiple of it (GPU tiles)."""
+    `multiple`: round the kept count so that the sequence after the stage (the `prefix` tokens, the kept tokens and
+    the `added` ones the stage makes: `freq`'s DC tokens, EViT's fused token) is a multiple of it (GPU tiles)."""
 
     layer: int
     keep_rate: float
@@ -27,6 +28,7 @@ class ReductionStage:
     remove: int | None = None
     multiple: int = 1
     added: int = 0
+    prefix: int = 1
 
     def kept(self, count: int) -> int:
         """Tokens left of `count` reducible ones: `⌊keep_rate · count⌋` (robust to float error: 0.29 · 100 is
@@ -46,12 +48,13 @@ class ReductionStage:
         where no such count exists."""
         if self.multiple == 1:
             return kept
-        length = 1 + kept + self.added
+        fixed = self.prefix + self.added  # the tokens of the sequence that are not kept candidates
+        length = fixed + kept
         below = length - length % self.multiple
         above = below + self.multiple if length % self.multiple else below
         for target in sorted((below, above), key=lambda target: abs(target - length)):
-            if 1 <= target - 1 - self.added <= count - 1 - self.added:
-                return target - 1 - self.added
+            if 1 <= target - fixed <= count - 1 - self.added:
+                return target - fixed
         return kept
 
 
@@ -103,41 +106,45 @@ def check_stages(method: str, stages: list[ReductionStage], grid: tuple[int, int
                 f"need a patch grid of at least that size, got {grid[0]}x{grid[1]} patches"
             )
         reducible = candidates + merged if method in (*MERGING_METHODS, "evit") else candidates
-        length = 1 + candidates + merged
+        length = stage.prefix + candidates + merged
         candidates, merged = stage_output(method, stage, candidates, merged)
         field = "tome_r" if stage.remove is not None else "keep_rate"
         rule = f"removing {stage.remove}" if stage.remove is not None else f"keeping {stage.keep_rate}"
         if (candidates + merged if method in MERGING_METHODS else candidates) <= 0:
             tokens = f"{reducible} token" + "s" * (reducible != 1)
             raise ValueError(f"{field}: {rule} of {tokens} at {_where(stage)} leaves no token")
-        if 1 + candidates + merged >= length and stage.remove is None:  # per-layer ToMe stops at its cap
+        shortened = stage.prefix + candidates + merged
+        if shortened >= length and stage.remove is None:  # per-layer ToMe stops at its cap
             if method == "freq" and candidates < reducible:
                 field, rule = "dc_window_sizes", f"{stage.window_size}x{stage.window_size} DC windows"
             raise ValueError(
-                f"{field}: {rule} at {_where(stage)} would turn {length} tokens into {1 + candidates + merged}; a "
+                f"{field}: {rule} at {_where(stage)} would turn {length} tokens into {shortened}; a "
                 "reduction must shorten the sequence (a keep rate of 1.0 skips a layer)"
             )
 
 
 def sequence_lengths(
-    method: str, num_layers: int, stages: list[ReductionStage], grid: tuple[int, int]
+    method: str, num_layers: int, stages: list[ReductionStage], grid: tuple[int, int], prefix: int = 1
 ) -> list[tuple[int, int]]:
-    """Per block, (tokens its attention sees, tokens its MLP sees): the MLP of a reduction block runs reduced."""
+    """Per block, (tokens its attention sees, tokens its MLP sees): the MLP of a reduction block runs reduced.
+    `prefix`: the tokens before the patches (CLS, registers)."""
     by_layer = {stage.layer: stage for stage in stages}
     candidates, merged = grid[0] * grid[1], 0
     lengths = []
     for layer in range(num_layers):
-        attention_length = 1 + candidates + merged
+        attention_length = prefix + candidates + merged
         if layer in by_layer:
             candidates, merged = stage_output(method, by_layer[layer], candidates, merged)
-        lengths.append((attention_length, 1 + candidates + merged))
+        lengths.append((attention_length, prefix + candidates + merged))
     return lengths
 
 
-def configured_sequence_lengths(config: "FreqViTConfig") -> list[tuple[int, int]]:
-    """`sequence_lengths` of a FreqViT config at its configured image size."""
+def configured_sequence_lengths(config: "ReductionConfigMixin") -> list[tuple[int, int]]:
+    """`sequence_lengths` of a reducing model's config at its configured image size."""
     grid = patch_grid(config.image_size, config.patch_size)
-    return sequence_lengths(config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid)
+    return sequence_lengths(
+        config.reduction_method, config.num_hidden_layers, config.reduction_stages, grid, config.num_prefix_tokens
+    )
 
 
 def merged_counts(method: str, stages: list[ReductionStage], grid: tuple[int, int]) -> list[int]:

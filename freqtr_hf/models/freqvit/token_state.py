@@ -1,7 +1,8 @@
 """What the blocks know about the current token sequence, and the one reduction step every method goes through.
 
-Sequence layout everywhere: `[CLS, candidates, merged]`. Candidates are original patches (their patch index is
-tracked); merged tokens (DC tokens, a fused token, clusters) stand for several patches (their patch count is tracked).
+Sequence layout everywhere: `[prefix, candidates, merged]`. The prefix tokens are never candidates: ViT's CLS token,
+DINOv2's CLS and register tokens, none for SigLIP. Candidates are original patches (their patch index is tracked);
+merged tokens (DC tokens, a fused token, clusters) stand for several patches (their patch count is tracked).
 """
 
 import math
@@ -54,7 +55,7 @@ class TokenProvenance:
     layer: the block after whose attention the reduction happened.
     patch_to_token: (B, P) LongTensor, for every original patch (row-major on the patch grid) the index, in the
         sequence after this stage, of the token that carries it; -1 if it was dropped.
-    num_kept: tokens `1 … num_kept` (after CLS) are the kept tokens; higher indices are merged tokens.
+    num_kept: the `num_kept` tokens after the prefix are the kept tokens; higher indices are merged tokens.
     kept: (B, P) BoolTensor, the patches that are still a token of their own (which may carry other patches that
         joined it). A patch carried by a kept token that is not its own (merged into it by the nearest-token merge,
         or in EViT's fused token kept as a whole) counts as merged.
@@ -64,12 +65,18 @@ class TokenProvenance:
     patch_to_token: torch.LongTensor
     num_kept: int
     kept: torch.BoolTensor
+    num_prefix: int = 1
+
+    @property
+    def first_merged(self) -> int:
+        """The sequence index of the first merged token: the tokens from there on each stand for several patches."""
+        return self.num_prefix + self.num_kept
 
     @property
     def merged(self) -> torch.BoolTensor:
         """(B, P): the patches carried by a token that is not their own (DC token, fused token, cluster, or a kept
         token they joined)."""
-        return (self.patch_to_token >= 1) & ~self.kept
+        return (self.patch_to_token >= 0) & ~self.kept
 
     @property
     def dropped(self) -> torch.BoolTensor:
@@ -84,7 +91,7 @@ def row_offsets(batch: int, stride: int, first: int = 0, device: torch.device | 
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.LongTensor, first: int = 0) -> torch.Tensor:
-    """tokens (B, n, C), index (B, k) -> (B, k, C): the tokens at `first + index` (`first=1` skips CLS).
+    """tokens (B, n, C), index (B, k) -> (B, k, C): the tokens at `first + index` (`first` skips the prefix).
 
     Whole rows of the flattened batch, looked up as an embedding table: one op (in eager mode each is a kernel
     launch) that copies rows like `index_select`, 2-6x faster on CPU than `gather` with an index expanded over the
@@ -127,9 +134,10 @@ def group_sums(values: torch.Tensor, groups: torch.LongTensor, num_groups: int) 
 
 @dataclass
 class TokenState:
-    """The state of a sequence `[CLS, candidates, merged]` as it goes through the blocks.
+    """The state of a sequence `[prefix, candidates, merged]` as it goes through the blocks.
 
     grid: (rows, cols) of the original patch grid.
+    prefix: the number of leading tokens that are never candidates (CLS and registers; 0 without CLS).
     patch_ids: (B, m) original patch index of every candidate token (-1 for an earlier merged token that a method
         keeps as a candidate: EViT's fused token).
     merged_sizes: (B, d) number of original patches each merged token stands for (None: no merged tokens).
@@ -147,6 +155,7 @@ class TokenState:
 
     grid: tuple[int, int]
     patch_ids: torch.LongTensor
+    prefix: int = 1
     merged_sizes: torch.Tensor | None = None
     candidate_sizes: torch.Tensor | None = None
     key_weights: torch.Tensor | None = None
@@ -161,26 +170,27 @@ class TokenState:
     @classmethod
     def initial(
         cls, batch_size: int, grid: tuple[int, int], device: torch.device | str, track_provenance: bool,
-        restoration: str | None = None,
+        restoration: str | None = None, prefix: int = 1,
     ) -> "TokenState":
-        """The state of `[CLS, every patch]`; `restoration` also tracks what `restore` needs (and the provenance)."""
+        """The state of `[prefix tokens, every patch]`; `restoration` also tracks what `restore` needs (and the
+        provenance)."""
         num_patches = grid[0] * grid[1]
         patch_ids = torch.arange(num_patches, device=device).expand(batch_size, -1)
         tracked = track_provenance or restoration is not None
         return cls(
-            grid, patch_ids, patch_to_token=patch_ids + 1 if tracked else None, restoration=restoration,
-            patch_carrier=patch_ids + 1 if restoration is not None else None,
+            grid, patch_ids, prefix, patch_to_token=patch_ids + prefix if tracked else None, restoration=restoration,
+            patch_carrier=patch_ids + prefix if restoration is not None else None,
         )
 
     def restore(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states (B, n, C) of this state's sequence -> (B, 1 + P, C): CLS, then every patch of the grid in
-        row-major order, as ViT lays them out: a patch that is still a token of its own is that token (in the
+        """hidden_states (B, n, C) of this state's sequence -> (B, p + P, C): the p prefix tokens, then every patch of
+        the grid in row-major order, as the unreduced model lays them out: a patch that is still a token of its own is that token (in the
         residual restorations, less what merging other tokens into it changed), the others are restored as
         `restoration` says."""
         patches = gather_tokens(hidden_states, self.patch_carrier)
         if self.patch_offset is not None:
             patches = patches + self.patch_offset
-        return torch.cat([hidden_states[:, :1], patches], dim=1)
+        return torch.cat([hidden_states[:, : self.prefix], patches], dim=1)
 
     @property
     def num_candidates(self) -> int:
@@ -191,12 +201,12 @@ class TokenState:
         return 0 if self.merged_sizes is None else self.merged_sizes.shape[1]
 
     def token_sizes(self) -> torch.Tensor:
-        """(B, n): original patches per token; CLS counts 1."""
+        """(B, n): original patches per token; a prefix token counts 1."""
         batch, device = self.patch_ids.shape[0], self.patch_ids.device
-        if self.candidate_sizes is None:  # CLS and candidates that are one patch each
-            sizes = [torch.ones(batch, 1 + self.num_candidates, device=device)]
+        if self.candidate_sizes is None:  # prefix tokens and candidates that are one patch each
+            sizes = [torch.ones(batch, self.prefix + self.num_candidates, device=device)]
         else:
-            sizes = [torch.ones(batch, 1, device=device), self.candidate_sizes]
+            sizes = [torch.ones(batch, self.prefix, device=device), self.candidate_sizes]
         if self.merged_sizes is not None:
             sizes.append(self.merged_sizes)
         return torch.cat(sizes, dim=1) if len(sizes) > 1 else sizes[0]
@@ -229,31 +239,31 @@ class TokenState:
         proportional_attention: bool = False,
         merged_key_exponent: float = 1.0,
     ) -> tuple[torch.Tensor, "TokenState"]:
-        """Build `[CLS, kept tokens, merged tokens]` and the state that goes with it.
+        """Build `[prefix, kept tokens, merged tokens]` and the state that goes with it.
 
-        keep_idx: (B, k) tokens kept, as indices among the non-CLS tokens (candidates first, then merged tokens),
+        keep_idx: (B, k) tokens kept, as indices among the non-prefix tokens (candidates first, then merged tokens),
             in the order they take. Only EViT keeps merged tokens; it passes their sizes as `kept_sizes` (B, k).
         merged_tokens: (B, d, C) new merged tokens with their patch counts merged_sizes (B, d).
         merge_target: (B, n) for every token of the old sequence, the merged token (0 … d-1) it went into, or -1
             (kept or dropped); join_target: (B, n) the kept token (0 … k-1) it joined, or -1. Only read when
             provenance is tracked.
-        valid: (B, 1 + k + d) False for padding; key_weights: (B, 1 + k + d) attention key weights.
+        valid: (B, p + k + d) False for padding (p prefix tokens); key_weights: (B, p + k + d) attention key weights.
         kept_tokens: (B, k, C) the kept tokens as the reducer changed them (tokens merged into them), or None: as
             they are in `hidden_states`.
-        proportional_attention: every token weighs as many attention keys as the patches it stands for (CLS 1):
+        proportional_attention: every token weighs as many attention keys as the patches it stands for (a prefix token 1):
             the key weights are made here from the sizes (in place of `key_weights`). A merged token then weighs
             `size ** merged_key_exponent` keys (size 0 stays masked).
         """
         batch, length = hidden_states.shape[:2]
-        num_kept = keep_idx.shape[1]
+        num_kept, prefix = keep_idx.shape[1], self.prefix
         if proportional_attention:
             if key_weights is not None:
                 raise ValueError("key_weights: give them or proportional_attention, not both")
-            sizes = [hidden_states.new_ones(batch, 1, dtype=torch.float32)]  # CLS
+            sizes = [hidden_states.new_ones(batch, prefix, dtype=torch.float32)]  # a prefix token weighs 1
             if kept_sizes is not None:
                 sizes.append(kept_sizes)
             elif num_kept:
-                sizes.append(self.token_sizes()[:, 1:].gather(1, keep_idx))
+                sizes.append(self.token_sizes()[:, prefix:].gather(1, keep_idx))
             tempered = merged_sizes is not None and merged_key_exponent != 1.0
             if tempered:
                 sizes.append(torch.where(merged_sizes > 0, merged_sizes.pow(merged_key_exponent), 0.0))
@@ -262,11 +272,11 @@ class TokenState:
             key_weights = torch.cat(sizes, dim=1)
             # the state keeps slices of the weights, not the tensors concatenated: inductor (torch 2.13) can free
             # a concatenation's buffer while a tensor it wrote there is still in use (ToMe's sizes, next stage)
-            kept_sizes = key_weights[:, 1 : 1 + num_kept] if kept_sizes is not None else None
+            kept_sizes = key_weights[:, prefix : prefix + num_kept] if kept_sizes is not None else None
             if merged_sizes is not None and not tempered:
-                merged_sizes = key_weights[:, 1 + num_kept :]
-        kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, keep_idx, first=1)
-        parts = [hidden_states[:, :1], kept] + ([merged_tokens] if merged_tokens is not None else [])
+                merged_sizes = key_weights[:, prefix + num_kept :]
+        kept = kept_tokens if kept_tokens is not None else gather_tokens(hidden_states, keep_idx, first=prefix)
+        parts = [hidden_states[:, :prefix], kept] + ([merged_tokens] if merged_tokens is not None else [])
         reduced = torch.cat(parts, dim=1)
         patch_ids = self.patch_ids
         if kept_sizes is not None and self.num_merged:  # merged tokens can be kept: they have no patch index
@@ -284,15 +294,16 @@ class TokenState:
 
         # one spare column takes the writes of padding slots, so they never overwrite a real token's entry
         token_to_new = torch.full((batch, length + 1), -1, dtype=torch.long, device=hidden_states.device)
-        token_to_new[:, 0] = 0
-        kept_valid = valid[:, 1 : 1 + num_kept] if valid is not None else torch.ones_like(keep_idx, dtype=torch.bool)
-        positions = torch.arange(1, 1 + num_kept, device=hidden_states.device).expand_as(keep_idx)
-        token_to_new.scatter_(1, torch.where(kept_valid, 1 + keep_idx, length), positions)
+        token_to_new[:, :prefix] = torch.arange(prefix, device=hidden_states.device)
+        all_valid = torch.ones_like(keep_idx, dtype=torch.bool)
+        kept_valid = valid[:, prefix : prefix + num_kept] if valid is not None else all_valid
+        positions = torch.arange(prefix, prefix + num_kept, device=hidden_states.device).expand_as(keep_idx)
+        token_to_new.scatter_(1, torch.where(kept_valid, prefix + keep_idx, length), positions)
         if merge_target is not None:
             merged = merge_target >= 0
-            token_to_new[:, :length] = torch.where(merged, 1 + num_kept + merge_target, token_to_new[:, :length])
+            token_to_new[:, :length] = torch.where(merged, prefix + num_kept + merge_target, token_to_new[:, :length])
         if join_target is not None:
-            token_to_new[:, :length] = torch.where(join_target >= 0, 1 + join_target, token_to_new[:, :length])
+            token_to_new[:, :length] = torch.where(join_target >= 0, prefix + join_target, token_to_new[:, :length])
         new_index = token_to_new.gather(1, self.patch_to_token.clamp_min(0))
         patch_to_token = torch.where(self.patch_to_token >= 0, new_index, -1)
         if self.restoration is not None:
@@ -300,11 +311,11 @@ class TokenState:
             drops = merged_tokens is None
             state = self._follow_carriers(state, hidden_states, reduced, token_to_new[:, :length], keep_idx, drops)
         # a patch is kept when the kept token that carries it is that patch's own token
-        kept = (patch_to_token >= 1) & (patch_to_token <= num_kept)
+        kept = (patch_to_token >= prefix) & (patch_to_token < prefix + num_kept)
         if num_kept:
-            carrier = state.patch_ids.gather(1, (patch_to_token - 1).clamp(0, num_kept - 1))
+            carrier = state.patch_ids.gather(1, (patch_to_token - prefix).clamp(0, num_kept - 1))
             kept &= carrier == torch.arange(patch_to_token.shape[1], device=carrier.device)
-        stage = TokenProvenance(layer, patch_to_token, num_kept, kept)
+        stage = TokenProvenance(layer, patch_to_token, num_kept, kept, prefix)
         return reduced, replace(state, patch_to_token=patch_to_token, provenance=(*self.provenance, stage))
 
     def _follow_carriers(
@@ -316,17 +327,18 @@ class TokenState:
 
         hidden_states (B, n, C) before the step, reduced (B, n', C) after it, successor (B, n): the token of the
         reduced sequence each old token went into (-1: dropped), keep_idx (B, k) the old tokens kept as themselves
-        (among the non-CLS ones); drops: whether the step dropped tokens."""
+        (among the non-prefix ones); drops: whether the step dropped tokens."""
+        prefix = self.prefix
         if self.restoration == "nearest":  # every token that is not kept as itself
-            lost = torch.ones_like(successor, dtype=torch.bool).scatter_(1, 1 + keep_idx, False)
-            lost[:, 0] = False
+            lost = torch.ones_like(successor, dtype=torch.bool).scatter_(1, prefix + keep_idx, False)
+            lost[:, :prefix] = False
         else:
             lost = successor < 0
         if drops or self.restoration == "nearest":
-            # the most similar token of the reduced sequence (CLS aside), by cosine of the features at this step
+            # the most similar token of the reduced sequence (prefix aside), by cosine of the features at this step
             unit = nn.functional.normalize(hidden_states.float(), dim=-1)
-            targets = nn.functional.normalize(reduced[:, 1:].float(), dim=-1)
-            nearest = 1 + (unit @ targets.transpose(1, 2)).argmax(dim=-1)
+            targets = nn.functional.normalize(reduced[:, prefix:].float(), dim=-1)
+            nearest = prefix + (unit @ targets.transpose(1, 2)).argmax(dim=-1)
             successor = torch.where(lost, nearest, successor)
         carrier = successor.gather(1, self.patch_carrier)
         offset = self.patch_offset
