@@ -152,7 +152,7 @@ def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):
 
 def test_weights_given_as_a_state_dict_ask_no_hub(monkeypatch):
     """transformers' own `from_pretrained(None, config=..., state_dict=...)`: no checkpoint, so no look-up."""
-    import freqtr_hf.models.freqvit.modeling_freqvit as modeling
+    import freqtr_hf.models.freqvit.modeling_reduction as modeling
 
     looked_up = []
     monkeypatch.setattr(modeling, "cached_file", lambda *args, **kwargs: looked_up.append(args))
