@@ -13,6 +13,10 @@ __version__ = "0.2.0"
 NAMES = {
     **{name: ".models.freqvit" for name in (
         "FreqViTConfig", "FreqViTModel", "FreqViTForImageClassification", "FreqViTBackbone", "FreqViTPreTrainedModel",
+        "FreqDinov2Config", "FreqDinov2Model", "FreqDinov2ForImageClassification", "FreqDinov2Backbone",
+        "FreqDinov2WithRegistersConfig", "FreqDinov2WithRegistersModel",
+        "FreqDinov2WithRegistersForImageClassification", "FreqDinov2WithRegistersBackbone",
+        "FreqCLIPVisionConfig", "FreqCLIPVisionModel", "FreqSiglipVisionConfig", "FreqSiglipVisionModel",
         "TokenProvenance",
         "TRAINING_FREE_FREQ",
     )},

@@ -132,11 +132,14 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path, method
         assert remote_code_difference(folder, pixels, model(pixels).logits, tmp_path) == 0.0
 
 
-def test_a_saved_folder_carries_exactly_the_code_of_the_model_folder(tmp_path):
+def test_a_saved_folder_carries_exactly_the_code_freqvit_imports(tmp_path):
+    """FreqViT's configuration and modeling modules and the shared core they import; no other family's modules."""
     FreqViTForImageClassification(tiny_config()).save_pretrained(tmp_path)
     model_folder = Path(freqtr_hf.__file__).parent / "models" / "freqvit"
-    assert sorted(p.name for p in tmp_path.glob("*.py")) == sorted(
-        p.name for p in model_folder.glob("*.py") if p.name != "__init__.py")
+    modules = [model_folder / "modeling_freqvit.py", model_folder / "configuration_freqvit.py"]
+    needed = {Path(file).name for module in modules for file in [module, *get_relative_import_files(str(module))]}
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == sorted(needed)
+    assert not any("dinov2" in name or "clip" in name or "siglip" in name for name in needed)
 
 
 def test_auto_classes_resolve_a_saved_freqvit_without_remote_code(tmp_path):

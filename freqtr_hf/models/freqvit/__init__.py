@@ -1,9 +1,13 @@
-"""FreqViT: a ViT whose blocks reduce tokens (Lee et al., NeurIPS 2025).
+"""FreqViT and its sibling families: ViT, DINOv2 (with and without registers), CLIP's and SigLIP's vision towers
+whose blocks reduce tokens (Lee et al., NeurIPS 2025).
 
-The modules of this folder are exactly the code a saved FreqViT carries: `save_pretrained` copies them beside the
-weights, so that the folder loads with `trust_remote_code=True` where freqtr_hf is not installed. This file is not
-among them. It imports nothing until a name is asked for, so that `methods` reads without torch; the first class
-taken from here (or from `freqtr_hf`) registers FreqViT with transformers' Auto classes.
+One folder holds every family and the reduction core they share (`configuration_reduction`, `modeling_reduction`,
+the reducers and the `reduction_*` math), because transformers loads a saved model's code from one flat folder:
+`save_pretrained` copies a family's configuration and modeling modules and every module of this folder they import
+beside the weights (no other family's), so that the folder loads with `trust_remote_code=True` where freqtr_hf is not
+installed. This file is not among them. It imports nothing until a name is asked for, so that `methods` reads
+without torch; the first class taken from here (or from `freqtr_hf`) registers every family with transformers' Auto
+classes.
 """
 
 import functools
@@ -16,8 +20,38 @@ NAMES = {
     "FreqViTForImageClassification": "modeling_freqvit",
     "FreqViTBackbone": "modeling_freqvit",
     "FreqViTPreTrainedModel": "modeling_freqvit",
+    "FreqDinov2Config": "configuration_freqdinov2",
+    "FreqDinov2Model": "modeling_freqdinov2",
+    "FreqDinov2ForImageClassification": "modeling_freqdinov2",
+    "FreqDinov2Backbone": "modeling_freqdinov2",
+    "FreqDinov2WithRegistersConfig": "configuration_freqdinov2",
+    "FreqDinov2WithRegistersModel": "modeling_freqdinov2",
+    "FreqDinov2WithRegistersForImageClassification": "modeling_freqdinov2",
+    "FreqDinov2WithRegistersBackbone": "modeling_freqdinov2",
+    "FreqCLIPVisionConfig": "configuration_freqclip",
+    "FreqCLIPVisionModel": "modeling_freqclip",
+    "FreqSiglipVisionConfig": "configuration_freqsiglip",
+    "FreqSiglipVisionModel": "modeling_freqsiglip",
     "TokenProvenance": "token_state",
     "TRAINING_FREE_FREQ": "methods",
+}
+# per family: its config, and its model classes by the Auto class that serves them
+FAMILIES = {
+    "FreqViTConfig": {
+        "AutoModel": "FreqViTModel", "AutoModelForImageClassification": "FreqViTForImageClassification",
+        "AutoBackbone": "FreqViTBackbone",
+    },
+    "FreqDinov2Config": {
+        "AutoModel": "FreqDinov2Model", "AutoModelForImageClassification": "FreqDinov2ForImageClassification",
+        "AutoBackbone": "FreqDinov2Backbone",
+    },
+    "FreqDinov2WithRegistersConfig": {
+        "AutoModel": "FreqDinov2WithRegistersModel",
+        "AutoModelForImageClassification": "FreqDinov2WithRegistersForImageClassification",
+        "AutoBackbone": "FreqDinov2WithRegistersBackbone",
+    },
+    "FreqCLIPVisionConfig": {"AutoModel": "FreqCLIPVisionModel"},
+    "FreqSiglipVisionConfig": {"AutoModel": "FreqSiglipVisionModel"},
 }
 __all__ = sorted(NAMES)
 
@@ -31,20 +65,22 @@ def __getattr__(name: str):
 
 @functools.cache
 def register_auto_classes() -> None:
-    """AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone and AutoImageProcessor find FreqViT by its
-    model type, so that a saved FreqViT loads through them, and dense heads (UperNet, DPT) build a FreqViT backbone
-    from its config, without remote code where freqtr_hf is installed."""
-    from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-    from transformers import ViTImageProcessorPil
+    """AutoConfig and the Auto model classes find every family of this folder by its model type, so that a saved
+    model loads through them, and dense heads (UperNet, DPT) build a reducing backbone from its config, without remote
+    code where freqtr_hf is installed; AutoImageProcessor gives a FreqViT ViT's processor (the other families' saved
+    folders carry their own processor files)."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, ViTImageProcessorPil
     from transformers.utils import is_torchvision_available
 
+    for config_name, models in FAMILIES.items():
+        config_class = getattr(importlib.import_module(f".{NAMES[config_name]}", __name__), config_name)
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        for auto_name, model_name in models.items():
+            model_class = getattr(importlib.import_module(f".{NAMES[model_name]}", __name__), model_name)
+            getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
     from .configuration_freqvit import FreqViTConfig
-    from .modeling_freqvit import FreqViTBackbone, FreqViTForImageClassification, FreqViTModel
 
-    AutoConfig.register(FreqViTConfig.model_type, FreqViTConfig, exist_ok=True)
-    AutoModel.register(FreqViTConfig, FreqViTModel, exist_ok=True)
-    AutoModelForImageClassification.register(FreqViTConfig, FreqViTForImageClassification, exist_ok=True)
-    AutoBackbone.register(FreqViTConfig, FreqViTBackbone, exist_ok=True)
     # a FreqViT reads images as ViT does, so pipeline() finds its processor from the model alone
     processors = {"pil": ViTImageProcessorPil}
     if is_torchvision_available():

@@ -160,6 +160,15 @@ class ReductionConfigMixin:
         """The tokens before the patches, never reduced: CLS (and registers; none for SigLIP)."""
         return 1
 
+    @property
+    def feed_forward_macs(self) -> int:
+        """MACs of one token through a block's MLP (two matrices, `intermediate_size` wide)."""
+        return 2 * self.hidden_size * self.intermediate_size
+
+    def head_macs(self, length: int) -> int:
+        """MACs of the model's head on its final sequence of `length` tokens: a linear classifier on one token."""
+        return self.hidden_size * self.num_labels
+
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         # from_pretrained's overrides (reduction_layers=..., num_hidden_layers=...) join the dict before the config is

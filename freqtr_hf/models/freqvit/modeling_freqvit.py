@@ -8,13 +8,13 @@ from torch import nn
 from transformers.backbone_utils import BackboneMixin
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings, ViTMLP, ViTPooler, ViTPreTrainedModel
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_freqvit import FreqViTConfig
 from .modeling_reduction import (
-    FreqViTImageClassifierOutput,
+    FreqViTModelOutput,
     ReducingAttention,
     ReducingBackboneMixin,
+    ReducingClassifierMixin,
     ReducingLayer,
     ReducingModelMixin,
     ReducingPreTrainedModel,
@@ -86,7 +86,7 @@ class FreqViTModel(ReducingModelMixin, FreqViTPreTrainedModel):
         return sequence_output, self.pooler(sequence_output) if self.pooler is not None else None
 
 
-class FreqViTForImageClassification(FreqViTPreTrainedModel):
+class FreqViTForImageClassification(ReducingClassifierMixin, FreqViTPreTrainedModel):
     """FreqViT with a linear classifier on the final CLS token, e.g. for ImageNet."""
 
     def __init__(self, config: FreqViTConfig):
@@ -96,41 +96,8 @@ class FreqViTForImageClassification(FreqViTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-        output_token_provenance: bool = False,
-        **kwargs,
-    ) -> FreqViTImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`): class indices for the loss (cross-entropy, or MSE
-            when `num_labels == 1`). See `FreqViTModel.forward` for the other arguments.
-        """
-        outputs = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_token_provenance=output_token_provenance,
-        )
-        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
-        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
-        if loss is not None and outputs.auxiliary_loss is not None:
-            loss = loss + outputs.auxiliary_loss
-        return FreqViTImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_provenance=outputs.token_provenance,
-            auxiliary_loss=outputs.auxiliary_loss,
-        )
-
+    def classifier_input(self, outputs: FreqViTModelOutput) -> torch.Tensor:
+        return outputs.last_hidden_state[:, 0, :]
 
 
 class FreqViTBackbone(ReducingBackboneMixin, BackboneMixin, FreqViTModel):

@@ -130,6 +130,8 @@ class ReducingAttention(nn.Module):
 
     def __init__(self, config: ReductionConfigMixin, layer_idx: int):
         super().__init__(config)
+        if not hasattr(self, "scaling"):  # CLIP's and SigLIP's names for them
+            self.scaling, self.attention_dropout = self.scale, self.dropout
         stages = config.reduction_stages
         reweighting = config.attention_reweighting and config.reduction_method == "freq" and bool(stages)
         heads = config.num_attention_heads
@@ -139,7 +141,8 @@ class ReducingAttention(nn.Module):
 
     @property
     def output_projection(self) -> nn.Module:
-        return self.o_proj
+        """The projection after the heads (`o_proj`; CLIP and SigLIP: `out_proj`)."""
+        return self.o_proj if hasattr(self, "o_proj") else self.out_proj
 
     def forward(
         self,
@@ -201,8 +204,6 @@ class ReducingLayer(GradientCheckpointingLayer):
     `attention` (a `ReducingAttention`), `attention_input` (the norm before it), `attention_branch` (what its output
     goes through before the residual: layer scale, drop path, dropout) and `feed_forward` (norm, MLP and the same)."""
 
-    attention: ReducingAttention
-
     def __init__(self, config: ReductionConfigMixin, layer_idx: int):
         super().__init__()
         stages = config.reduction_stages
@@ -210,6 +211,11 @@ class ReducingLayer(GradientCheckpointingLayer):
         self.token_reducer = None
         if index is not None:
             self.token_reducer = TOKEN_REDUCERS[config.reduction_method](config, stages, index)
+
+    @property
+    def reducing_attention(self) -> ReducingAttention:
+        """The block's attention (`attention`; CLIP and SigLIP: `self_attn`)."""
+        return self.attention
 
     def attention_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -236,7 +242,7 @@ class ReducingLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.attention_input(hidden_states)
         bias = tokens.attention_bias(hidden_states.dtype)
-        hidden_states, maps = self.attention(
+        hidden_states, maps = self.reducing_attention(
             hidden_states, tokens.num_merged, need_probs or reducer is not None, need_probs, bias, reweight,
             need_received,
         )
@@ -250,6 +256,45 @@ class ReducingLayer(GradientCheckpointingLayer):
         """A residual branch's dropout or drop path; outside training not even dispatched (each op costs a launch)."""
         rate = getattr(dropout, "p", None) or getattr(dropout, "drop_prob", 0.0)  # nn.Dropout's, or drop path's
         return dropout(hidden_states) if self.training and rate else hidden_states
+
+
+class CLIPStyleLayer(ReducingLayer):
+    """The block of CLIP and SigLIP: `layer_norm1`, `self_attn`, `layer_norm2`, `mlp`, plain residuals. A family
+    names its attention (a `ReducingAttention`) and MLP classes."""
+
+    attention_class: type[ReducingAttention]
+    mlp_class: type[nn.Module]
+
+    def __init__(self, config: ReductionConfigMixin, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.self_attn = self.attention_class(config, layer_idx)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = self.mlp_class(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    @property
+    def reducing_attention(self) -> ReducingAttention:
+        return self.self_attn
+
+    def attention_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm1(hidden_states)
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.layer_norm2(hidden_states))
+
+
+class BlockStack(nn.Module):
+    """The blocks under the names a family's checkpoints give them: `encoder.layer.N` (DINOv2), `encoder.layers.N`
+    (CLIP, SigLIP)."""
+
+    def __init__(self, name: str, blocks: list[ReducingLayer]):
+        super().__init__()
+        self.blocks_name = name
+        self.add_module(name, nn.ModuleList(blocks))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return getattr(self, self.blocks_name)
 
 
 @dataclass
@@ -378,8 +423,9 @@ class ReducingModelMixin:
         synchronise the host, so the answer is kept until an ω changes: a new version counter or storage (in-place
         writes, optimiser steps, `load_state_dict`, `.to()`) or a `train()` / `eval()` call. A write through `.data`
         bumps no version counter: call `model.eval()` after one."""
+        attentions = [layer.reducing_attention for layer in self.blocks]
         gains = [
-            gain for layer in self.blocks for gain in (layer.attention.high_pass_gain, layer.attention.dc_gain)
+            gain for attention in attentions for gain in (attention.high_pass_gain, attention.dc_gain)
             if gain is not None
         ]
         if not gains:
@@ -520,6 +566,53 @@ class ReducingModelMixin:
             token_provenance=tokens.provenance if output_token_provenance else None,
             token_sizes=token_sizes,
             auxiliary_loss=tokens.auxiliary_loss,
+        )
+
+
+class ReducingClassifierMixin:
+    """Mixin for a family's image classifier (put before its `PreTrainedModel` in the bases): the family's reducing
+    encoder at `base_model_prefix`, a `classifier` module on what `classifier_input` takes from the encoder's output
+    (ViT: the final CLS token), and the loss."""
+
+    needs_token_sizes = False  # whether `classifier_input` reads the final tokens' patch counts
+
+    def classifier_input(self, outputs: FreqViTModelOutput) -> torch.Tensor:
+        raise NotImplementedError
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_token_provenance: bool = False,
+        **kwargs,
+    ) -> FreqViTImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`): class indices for the loss (cross-entropy, or MSE
+            when `num_labels == 1`). See `ReducingModelMixin.forward` for the other arguments.
+        """
+        outputs = self.base_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_token_provenance=output_token_provenance,
+            output_token_sizes=self.needs_token_sizes,
+        )
+        logits = self.classifier(self.classifier_input(outputs))
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        if loss is not None and outputs.auxiliary_loss is not None:
+            loss = loss + outputs.auxiliary_loss
+        return FreqViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            token_provenance=outputs.token_provenance,
+            auxiliary_loss=outputs.auxiliary_loss,
         )
 
 
