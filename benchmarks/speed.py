@@ -1,6 +1,8 @@
-"""FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side.
+"""FreqViT and the training-free baselines against transformers' ViT on the same (random) weights, side by side; and
+the other families (DINOv2, CLIP's and SigLIP's vision towers) at their long sequences against their own classes.
 
-    python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base base-384 large large-384]
+    python benchmarks/speed.py [--device auto|cpu|cuda|mps] [--sizes small base base-384 large large-384
+        dinov2-s-518 dinov2-b-518 clip-l-336 siglip-b-384]
         [--batch-sizes 1 32] [--dtypes float32 bfloat16] [--rounds 7] [--methods ...] [--compile]
         [--compile-modes default reduce-overhead max-autotune] [--training-memory] [--matmuls-alone]
     python benchmarks/speed.py --sizes overhead small --batch-sizes 1
@@ -27,9 +29,15 @@ from functools import partial
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode  # the hook that sees every aten op, as FlopCounterMode
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import (
+    CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel, ViTConfig,
+    ViTForImageClassification,
+)
 
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf import (
+    TRAINING_FREE_FREQ, FreqCLIPVisionConfig, FreqCLIPVisionModel, FreqDinov2Config, FreqDinov2Model,
+    FreqSiglipVisionConfig, FreqSiglipVisionModel, FreqViTConfig, FreqViTForImageClassification, count_macs,
+)
 from freqtr_hf.devices import (
     DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
 )
@@ -37,14 +45,28 @@ from freqtr_hf.models.freqvit.token_schedule import configured_sequence_lengths
 from freqtr_hf.models.freqvit.token_state import AttentionMaps, TokenState
 from freqtr_hf.cli import HelpFormatter, positive_int
 
-# name -> (width, heads, blocks, image size); patch 16 throughout
+# name -> (family, width, heads, blocks, image size, patch size)
 SHAPES = {
-    "tiny": (192, 3, 12, 224), "small": (384, 6, 12, 224), "base": (768, 12, 12, 224),
+    "tiny": ("vit", 192, 3, 12, 224, 16), "small": ("vit", 384, 6, 12, 224, 16), "base": ("vit", 768, 12, 12, 224, 16),
     # long sequences: 577 tokens at 384 px
-    "base-384": (768, 12, 12, 384), "large": (1024, 16, 24, 224), "large-384": (1024, 16, 24, 384),
+    "base-384": ("vit", 768, 12, 12, 384, 16), "large": ("vit", 1024, 16, 24, 224, 16),
+    "large-384": ("vit", 1024, 16, 24, 384, 16),
     # not a model: so narrow that its matmuls cost next to nothing, and what is left is each op's fixed cost
-    "overhead": (8, 1, 12, 224),
+    "overhead": ("vit", 8, 1, 12, 224, 16),
+    # the other families at the sequence lengths they run at: 1,370 tokens (DINOv2 at 518 px), 577 (CLIP ViT-L/14 at
+    # 336 px), 576 (SigLIP-B/16 at 384 px, no CLS token)
+    "dinov2-s-518": ("dinov2", 384, 6, 12, 518, 14), "dinov2-b-518": ("dinov2", 768, 12, 12, 518, 14),
+    "clip-l-336": ("clip", 1024, 16, 24, 336, 14), "siglip-b-384": ("siglip", 768, 12, 12, 384, 16),
 }
+# family -> (transformers' config and model, the reducing config and model); ViT's with its classifier, the others'
+# encoders as their users run them
+FAMILY_CLASSES = {
+    "vit": (ViTConfig, ViTForImageClassification, FreqViTConfig, FreqViTForImageClassification),
+    "dinov2": (Dinov2Config, Dinov2Model, FreqDinov2Config, FreqDinov2Model),
+    "clip": (CLIPVisionConfig, CLIPVisionModel, FreqCLIPVisionConfig, FreqCLIPVisionModel),
+    "siglip": (SiglipVisionConfig, SiglipVisionModel, FreqSiglipVisionConfig, FreqSiglipVisionModel),
+}
+VIT_SHAPES = [name for name, shape in SHAPES.items() if shape[0] == "vit"]
 # name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
 VARIANTS = {
     "freqvit-off": dict(reduction_method="none"),
@@ -82,12 +104,13 @@ class SlicingReducer(torch.nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, maps: AttentionMaps | None, tokens: TokenState
     ) -> tuple[torch.Tensor, TokenState]:
-        return hidden_states[:, : self.length], replace(tokens, patch_ids=tokens.patch_ids[:, : self.length - 1])
+        candidates = tokens.patch_ids[:, : self.length - tokens.prefix]
+        return hidden_states[:, : self.length], replace(tokens, patch_ids=candidates)
 
 
-def cut_by_slicing(model: FreqViTForImageClassification) -> FreqViTForImageClassification:
-    """`model` with each reducer replaced by a `SlicingReducer` to the length its own reduction leaves."""
-    for layer, (_, length) in zip(model.vit.layers, configured_sequence_lengths(model.config)):
+def cut_by_slicing(model: torch.nn.Module) -> torch.nn.Module:
+    """A reducing `model` with each reducer replaced by a `SlicingReducer` to the length its own reduction leaves."""
+    for layer, (_, length) in zip(model.base_model.blocks, configured_sequence_lengths(model.config)):
         if layer.token_reducer is not None:
             layer.token_reducer = SlicingReducer(length)
     return model
@@ -132,17 +155,27 @@ def matmuls_alone(
 
 
 def build_models(size: str, variants: list[str], device, dtype) -> dict[str, tuple[torch.nn.Module, int]]:
-    """ViT and each FreqViT variant, sharing one set of random weights, with their MACs."""
-    width, heads, depth, image_size = SHAPES[size]
-    shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width, num_hidden_layers=depth,
-                 image_size=image_size, num_labels=1000)
-    vit = ViTForImageClassification(ViTConfig(**shape, attn_implementation="sdpa")).eval()
-    models = {"vit": (vit, count_macs(vit.config))}
+    """The family's transformers model (first, named after the family) and each reducing variant, sharing one set of
+    random weights, with their MACs. A variant the family's config refuses (CLS-token scores on SigLIP) is left out
+    with its reason."""
+    family, width, heads, depth, image_size, patch_size = SHAPES[size]
+    reference_config, reference_class, config_class, model_class = FAMILY_CLASSES[family]
+    shape = dict(hidden_size=width, num_attention_heads=heads, num_hidden_layers=depth, image_size=image_size,
+                 patch_size=patch_size, attn_implementation="sdpa")
+    shape |= dict(num_labels=1000) if family == "vit" else {}
+    shape |= dict(intermediate_size=4 * width) if family != "dinov2" else {}  # DINOv2: mlp_ratio 4
+    reference = reference_class(reference_config(**shape)).eval()
+    unreduced = config_class(**shape, reduction_method="none")
+    models = {family: (reference, count_macs(unreduced))}
     for name in variants:
         fields = VARIANTS["freq" if name == FREE_REDUCTION else name]
-        config = FreqViTConfig(**shape, **fields, attn_implementation="sdpa")
-        model = FreqViTForImageClassification(config).eval()
-        model.load_state_dict(vit.state_dict(), strict=False)
+        try:
+            config = config_class(**shape, **fields)
+        except ValueError as error:
+            print(f"{name} left out of {size}: {error}")
+            continue
+        model = model_class(config).eval()
+        model.load_state_dict(reference.state_dict(), strict=False)
         models[name] = (cut_by_slicing(model) if name == FREE_REDUCTION else model, count_macs(config))
     return {name: (model.to(device=device, dtype=dtype), macs) for name, (model, macs) in models.items()}
 
@@ -151,8 +184,13 @@ def shape_title(size: str) -> str:
     """How a report names a `--sizes` entry."""
     if size == "overhead":
         return "width 8, one head (per-op overhead)"
-    name, _, resolution = size.partition("-")
-    return f"{'DeiT' if name != 'large' else 'ViT'}-{name[0].upper()}/16 shapes at {resolution or 224} px"
+    family, width, _, _, image_size, patch_size = SHAPES[size]
+    tokens = (image_size // patch_size) ** 2 + (family != "siglip")
+    if family != "vit":
+        name = {"dinov2": "DINOv2", "clip": "CLIP ViT", "siglip": "SigLIP"}[family]
+        return f"{name}-{size.split('-')[1].upper()}/{patch_size} shapes at {image_size} px ({tokens} tokens)"
+    name = size.partition("-")[0]
+    return f"{'DeiT' if name != 'large' else 'ViT'}-{name[0].upper()}/16 shapes at {image_size} px ({tokens} tokens)"
 
 
 def aten_ops_per_forward(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -197,30 +235,32 @@ def time_side_by_side(models: dict, pixels: torch.Tensor, rounds: int, device) -
 
 
 def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, ops: dict | None = None) -> None:
-    """One line per model; `ops`: aten operations per forward, by model (see `aten_ops_per_forward`)."""
-    vit_macs = models["vit"][1]
+    """One line per model, the first (the family's transformers model) the baseline; `ops`: aten operations per
+    forward, by model (see `aten_ops_per_forward`)."""
+    baseline = next(iter(models))
+    vit_macs = models[baseline][1]
     print(f"\n{title}")
     print(f"{'model':<20} {'GMACs':>6} {'img/s':>9} {'ms':>8} {'speed-up':>9} {'MAC ratio':>10} {'share':>7} "
           f"{'peak MiB':>9} {'ops':>5}")
     for name, (_, macs) in models.items():
-        speedup = statistics.median(v / t for v, t in zip(times["vit"], times[name]))
+        speedup = statistics.median(v / t for v, t in zip(times[baseline], times[name]))
         mac_ratio = vit_macs / macs
         peak = f"{peaks[name] / 2**20:9.0f}" if name in peaks else f"{'-':>9}"
         count = f"{ops[name]:>5}" if ops else f"{'-':>5}"
         print(f"{name:<20} {macs / 1e9:>6.2f} {batch_size / statistics.median(times[name]):>9.1f} "
               f"{1e3 * statistics.median(times[name]):>8.2f} {speedup:>8.2f}x {mac_ratio:>9.2f}x "
               f"{100 * speedup / mac_ratio:>6.0f}% {peak} {count}")
-    if "vit (eager)" in times:
-        compiled_ms, eager_ms = (1e3 * statistics.median(times[name]) for name in ("vit", "vit (eager)"))
+    if f"{baseline} (eager)" in times:
+        compiled_ms, eager_ms = (1e3 * statistics.median(times[name]) for name in (baseline, f"{baseline} (eager)"))
         if compiled_ms > eager_ms:
-            print(f"the compiled ViT is slower than the eager one ({compiled_ms:.2f} ms against {eager_ms:.2f}): the "
-                  "speed-ups above, against it, overstate what the reduced models gain; compare their ms with "
-                  "vit (eager)'s")
+            print(f"the compiled {baseline} is slower than the eager one ({compiled_ms:.2f} ms against "
+                  f"{eager_ms:.2f}): the speed-ups above, against it, overstate what the reduced models gain; compare "
+                  f"their ms with {baseline} (eager)'s")
 
 
 def compiled_models(models: dict, mode: str) -> dict:
     """Every model compiled in `mode` (fullgraph, static shapes), with eager ViT beside them. Speed-ups are against
-    the compiled ViT."""
+    the compiled baseline (the family's transformers model)."""
     # every model's forward is one function (transformers' `can_return_tuple` wrapper), and all its compiled versions
     # count towards one recompile limit (over it, fullgraph raises): start afresh per mode and batch size, with room
     # for every model
@@ -230,7 +270,8 @@ def compiled_models(models: dict, mode: str) -> dict:
     setattr(config, limit, max(getattr(config, limit), len(models)))
     compiled = {name: (torch.compile(model, mode=mode, fullgraph=True, dynamic=False), macs)
                 for name, (model, macs) in models.items()}
-    return {**compiled, "vit (eager)": models["vit"]}
+    baseline = next(iter(models))
+    return {**compiled, f"{baseline} (eager)": models[baseline]}
 
 
 def exact_score_study(
@@ -240,8 +281,8 @@ def exact_score_study(
     mean of the softmax): eager (the (B, h, n, n) probabilities, then AV) against sdpa plus the column sums
     recomputed over chunks of `chunk` queries, which never holds more than (B, h, chunk, n). Returns the eager time
     over the chunked one (above 1: chunking pays) and the largest score difference."""
-    width, heads, _, image_size = SHAPES[size]
-    length = 1 + (image_size // 16) ** 2
+    family, width, heads, _, image_size, patch_size = SHAPES[size]
+    length = (family != "siglip") + (image_size // patch_size) ** 2
     q, k, v = (torch.randn(batch_size, heads, length, width // heads, device=device, dtype=dtype) for _ in range(3))
     scaling = (width // heads) ** -0.5
 
@@ -290,8 +331,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=SHAPES,
-                        help="DeiT/ViT shapes (-384: at 384 px, 577 tokens), or 'overhead': width 8, one head, where "
-                        "only the per-op cost is left")
+                        help="DeiT/ViT shapes (-384: at 384 px, 577 tokens), 'overhead': width 8, one head, where "
+                        "only the per-op cost is left, or another family's at its long sequences (DINOv2-S/B at 518 "
+                        "px, CLIP ViT-L/14 at 336, SigLIP-B/16 at 384)")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--rounds", type=positive_int, default=7, help="timed forwards per model")
@@ -318,6 +360,9 @@ def main() -> None:
     for flag, wanted, why in needs_freq:
         if wanted and "freq" not in args.methods:
             parser.error(f"{flag} {why}: add freq to --methods")
+        others = [size for size in args.sizes if size not in VIT_SHAPES]
+        if wanted and others:
+            parser.error(f"{flag} measures ViT shapes only; leave out {' '.join(others)}")
     try:
         device = resolve_device(args.device)
         dtypes = {name: resolve_dtype(name, device) for name in args.dtypes}
@@ -330,7 +375,7 @@ def main() -> None:
         for size in args.sizes:
             models = build_models(size, args.methods, device, dtype)
             for batch_size in args.batch_sizes:
-                image_size = SHAPES[size][3]
+                image_size = SHAPES[size][4]
                 pixels = torch.randn(batch_size, 3, image_size, image_size, device=device, dtype=dtype)
                 times, peaks = time_side_by_side(models, pixels, args.rounds, device)
                 ops = {name: aten_ops_per_forward(model, pixels) for name, (model, _) in models.items()}
@@ -352,7 +397,7 @@ def main() -> None:
                         report(f"  torch.compile (mode {mode}), {shape_title(size)}, {dtype_name}, batch {batch_size}: "
                                "against compiled ViT", compiled, times, peaks, batch_size)
             if args.training_memory:
-                pixels = torch.randn(64, 3, SHAPES[size][3], SHAPES[size][3], device=device, dtype=dtype)
+                pixels = torch.randn(64, 3, SHAPES[size][4], SHAPES[size][4], device=device, dtype=dtype)
                 vit_bytes = saved_activation_bytes(models["vit"][0], pixels)
                 freq_bytes = saved_activation_bytes(models["freq"][0], pixels)
                 print(f"\ntraining step, {shape_title(size)}, {dtype_name}, batch 64: activations kept for backward "

@@ -21,7 +21,8 @@ DEFAULT_DATA = "frgfm/imagenette"
 DEFAULT_DATA_CONFIG = "320px"  # that dataset's configurations are full_size, 320px and 160px
 
 DESCRIPTION = """Frequency-aware token reduction for Vision Transformers (Lee et al., NeurIPS 2025) and its
-baselines, on Hugging Face ViT/DeiT checkpoints. Offline, pass local folders to --model and --data."""
+baselines, on Hugging Face ViT/DeiT and DINOv2 checkpoints (export: also CLIP and SigLIP vision towers). Offline,
+pass local folders to --model and --data."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,7 +77,9 @@ def keep_rate(text: str) -> float:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a ViT/DeiT/FreqViT checkpoint")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="Hub id or local folder of a checkpoint: ViT, DeiT, DINOv2 (with or without registers; "
+                        "export: also CLIP's and SigLIP's vision towers), or one of these saved reduced")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: the GPU when there is one")
     if dtype:
         parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="weights and activations")
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="write a ready-to-push training-free FreqViT folder (weights, code, processor, model card)",
-        description="Turn a ViT/DeiT checkpoint into a FreqViT folder that loads with trust_remote_code=True.",
+        description="Turn a ViT/DeiT, DINOv2, CLIP or SigLIP checkpoint into a reducing model folder that loads with "
+        "trust_remote_code=True.",
         formatter_class=formatter,
     )
     add_model_arguments(export, dtype=False)  # the weights are written as the checkpoint holds them

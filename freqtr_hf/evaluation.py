@@ -22,14 +22,13 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, BaseImageProcessor
 
-from .models.freqvit.configuration_freqvit import FreqViTConfig
 from .devices import take_turns
 from .fingerprint import (
     file_digest, mismatch, model_digest, resolved_source, value_digest,
 )
 from .data import data_fingerprint, label_mapping, label_names, load_images, read_batch
 from .macs import count_macs
-from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
+from .models.freqvit import family_classes
 from .parallel import from_main_process, process_state
 from .runs import PRODUCER, check_output_file, exclusive_use, stamp, write_atomically
 
@@ -83,7 +82,7 @@ def build_models(
     `keep_rate` (one, or one per reduction layer) and `overrides` (config fields) set the reduced models; what they
     leave out keeps the checkpoint's value, else the default. `tome_r` goes to `tome` only. Warns about methods whose
     parameters are untrained."""
-    models = {}
+    models, (_, model_class) = {}, family_classes(model)
     for method in ["none", *[m for m in methods if m != "none"]]:
         # the unreduced reference drops every reduction setting a FreqViT checkpoint may carry
         fields = {"tome_r": None}
@@ -91,7 +90,7 @@ def build_models(
             fields = {key: value for key, value in (overrides or {}).items() if key != "tome_r" or method == "tome"}
             if keep_rate is not None:
                 fields["keep_rate"] = keep_rate
-        loaded, info = FreqViTForImageClassification.from_pretrained(
+        loaded, info = model_class.from_pretrained(
             model, reduction_method=method, dtype=dtype, output_loading_info=True, **fields
         )
         untrained = sorted({key.split(".token_reducer.")[-1] for key in info["missing_keys"] if ".token_reducer." in key})
@@ -368,8 +367,9 @@ def run_evaluation(
     and `overrides` as in `build_models`). Returns the rows and the images skipped as unreadable."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    # a clear error for a checkpoint that is not a ViT, before any data work (the schedule is checked with the models)
-    FreqViTConfig.from_pretrained(model, reduction_method="none")
+    # a clear error for a checkpoint that is not an image classifier of a family this project reduces, before any data
+    # work (the schedule is checked with the models)
+    family_classes(model)[0].from_pretrained(model, reduction_method="none")
     dataset = load_images(data, split=split, every=every, dataset_config=dataset_config)
     models = build_models(model, methods, keep_rate, dtype, device, overrides)
     processor = AutoImageProcessor.from_pretrained(model)

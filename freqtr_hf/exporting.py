@@ -1,4 +1,5 @@
-"""A training-free FreqViT, ready to push: a ViT/DeiT checkpoint with a reduction schedule, measured and carded.
+"""A training-free reducing model, ready to push: a ViT/DeiT (or DINOv2, CLIP, SigLIP) checkpoint with a reduction
+schedule, measured (classifiers) and carded.
 
     export_model("facebook/deit-small-patch16-224", "freqvit-small", {"keep_rate": 0.7}, data="imagenet/val")
 
@@ -15,10 +16,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoImageProcessor
 
-from .models.freqvit.configuration_freqvit import REDUCTION_FIELDS, TRAINING_FREE_METHODS, FreqViTConfig
+from .models.freqvit import family_classes
+from .models.freqvit.configuration_reduction import REDUCTION_FIELDS, TRAINING_FREE_METHODS, ReductionConfigMixin
 from .devices import resolve_device
 from .evaluation import run_evaluation
-from .models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .publishing import model_card, publish_to_hub, write_model_files
 from .runs import MODEL_FOLDER, check_output_folder, exclusive_use, staged_folder
 
@@ -64,7 +65,11 @@ def export_model(
     check_output_folder(output, "--output", MODEL_FOLDER, "--overwrite", overwrite)
     with exclusive_use(output, "--output"):  # a second export there would replace this one's folder
         check_output_folder(output, "--output", MODEL_FOLDER, "--overwrite", overwrite)  # as it is under the lock
-        reduced, info = FreqViTForImageClassification.from_pretrained(model, output_loading_info=True, **reduction)
+        model_class = export_class(model)
+        if data and not model_class.__name__.endswith("ForImageClassification"):
+            raise ValueError(f"--data: {model} is a vision tower without a classifier, whose accuracy cannot be "
+                             "measured; leave out --data")
+        reduced, info = model_class.from_pretrained(model, output_loading_info=True, **reduction)
         check_trained(reduced.config, info["missing_keys"])
         processor = AutoImageProcessor.from_pretrained(model)
         results = measure(model, reduction, reduced.config, data, every, synsets, batch_size, target) if data else None
@@ -79,7 +84,16 @@ def export_model(
     return output
 
 
-def check_trained(config: FreqViTConfig, missing_keys: list[str]) -> None:
+def export_class(model: str) -> type:
+    """The reducing class an export writes for the checkpoint `model`: its family's image classifier, or the encoder
+    where the family has none (CLIP's and SigLIP's vision towers)."""
+    try:
+        return family_classes(model)[1]
+    except ValueError:  # no classifier in the family; a checkpoint of no family raises again, naming its type
+        return family_classes(model, "AutoModel")[1]
+
+
+def check_trained(config: ReductionConfigMixin, missing_keys: list[str]) -> None:
     """Refuse the unreduced model (nothing to export), and a learned method whose parameters the checkpoint does
     not hold: untrained, it computes nonsense (SiT and Sinkhorn reach 0% top-1). The training-free methods' own
     parameters start at zero, which computes the method exactly."""
@@ -94,7 +108,7 @@ def check_trained(config: FreqViTConfig, missing_keys: list[str]) -> None:
 
 
 def measure(
-    model: str, reduction: dict, config: FreqViTConfig, data: str, every: int, synsets: str | None, batch_size: int,
+    model: str, reduction: dict, config: ReductionConfigMixin, data: str, every: int, synsets: str | None, batch_size: int,
     device,
 ) -> dict[str, dict]:
     """Top-1, agreement and images/s of the model as exported (the checkpoint with the reduction overrides, whose

@@ -38,15 +38,3 @@ def count_macs(config: PreTrainedConfig, image_size: int | tuple[int, int] | Non
     final_length = lengths[-1][1] if lengths else prefix + grid[0] * grid[1]
     return macs + head_macs(final_length)
 
-
-def count_parameters(config: ViTConfig) -> int:
-    """Parameters of the unreduced image classifier a config describes, from the config alone (before any weight
-    exists): patch and position embeddings, CLS token, per block the q/k/v/o projections, the MLP and two layer
-    norms, the final norm and the classifier. The reduction adds at most a few per block."""
-    grid = patch_grid(config.image_size, config.patch_size)
-    patch_h, patch_w = pair(config.patch_size)
-    width, mlp_width = config.hidden_size, config.intermediate_size
-    embeddings = (config.num_channels * patch_h * patch_w + 1) * width + (grid[0] * grid[1] + 2) * width
-    biases = (3 if getattr(config, "qkv_bias", True) else 0) + 1  # q, k, v (where the config has them) and o
-    block = 4 * width * width + biases * width + 2 * mlp_width * width + mlp_width + width + 4 * width
-    return embeddings + config.num_hidden_layers * block + 2 * width + (width + 1) * config.num_labels

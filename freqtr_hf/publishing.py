@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .models.freqvit.configuration_freqvit import FreqViTConfig
+from .models.freqvit.configuration_reduction import ReductionConfigMixin
 from .macs import count_macs
 from .runs import MARKER
 from .sources import is_hub_id
@@ -42,7 +42,7 @@ METHOD_SUMMARIES = {
 }
 
 
-def method_summary(config: FreqViTConfig) -> str:
+def method_summary(config: ReductionConfigMixin) -> str:
     """What the card says the reduction does, in a phrase."""
     if config.reduction_method == "freq" and config.low_frequency_merge == "nearest":
         weights = ", and every token weighs as many attention keys as the patches it holds"
@@ -81,13 +81,13 @@ def base_model_license(model: str) -> str | None:
         return None
 
 
-def gmacs(config: FreqViTConfig) -> dict[str, float]:
+def gmacs(config: ReductionConfigMixin) -> dict[str, float]:
     """GMACs per image of the model and of its unreduced counterpart (same weights, reduction off)."""
-    unreduced = FreqViTConfig(**{**config.to_dict(), "reduction_method": "none", "tome_r": None})
+    unreduced = type(config)(**{**config.to_dict(), "reduction_method": "none", "tome_r": None})
     return {"unreduced": count_macs(unreduced) / 1e9, "reduced": count_macs(config) / 1e9}
 
 
-def token_counts(config: FreqViTConfig) -> list[int]:
+def token_counts(config: ReductionConfigMixin) -> list[int]:
     """The sequence lengths the model goes through at its configured image size, e.g. [197, 142, 97, 68]."""
     lengths = []
     for attention_length, mlp_length in configured_sequence_lengths(config):
@@ -98,7 +98,7 @@ def token_counts(config: FreqViTConfig) -> list[int]:
 
 
 def model_card(
-    config: FreqViTConfig,
+    config: ReductionConfigMixin,
     base_model: str,
     results: dict[str, dict] | None = None,
     eval_data: str | None = None,
@@ -121,13 +121,15 @@ def model_card(
     macs = gmacs(config)
     datasets = [source for source in (train_data, eval_data) if source and is_hub_id(source)]
     eval_results = _eval_results(results, macs, eval_data, eval_split) if eval_data else None
+    classifies = "AutoModelForImageClassification" in config.auto_map_entries  # a vision tower gives features
+    task = "image-classification" if classifies else "image-feature-extraction"
     card_data = ModelCardData(
         license=license or base_model_license(base_model) or DEFAULT_LICENSE,
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=task,
         base_model=base_model if is_hub_id(base_model) else None,
         datasets=list(dict.fromkeys(datasets)) or None,
-        tags=["vision", "image-classification", "token-reduction", "freqvit", config.reduction_method],
+        tags=["vision", task, "token-reduction", "freqvit", config.reduction_method],
         model_name=repo if eval_results else None,
         eval_results=eval_results,
     )
@@ -144,7 +146,7 @@ def model_card(
     ]
     if training:
         sections.append(f"## Training\n\n{training}")
-    sections += [_usage(repo), f"## Citation\n\n```bibtex\n{CITATION}\n```"]
+    sections += [_usage(repo) if classifies else _feature_usage(repo), f"## Citation\n\n```bibtex\n{CITATION}\n```"]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
@@ -172,7 +174,7 @@ def _eval_results(results: dict, macs: dict, data: str, split: str | None) -> li
     return entries
 
 
-def _reduction_table(config: FreqViTConfig) -> str:
+def _reduction_table(config: ReductionConfigMixin) -> str:
     rows = [("reduction_method", config.reduction_method)]
     if config.tome_r is not None:
         rows.append(("tome_r", f"{config.tome_r} tokens merged in every block"))
@@ -181,7 +183,7 @@ def _reduction_table(config: FreqViTConfig) -> str:
                  ("keep_rate", config.keep_rate)]
         if config.reduction_method == "freq":
             rows.append(("dc_window_sizes", list(config.dc_window_sizes)))
-            default = FreqViTConfig()  # freq's options that differ from the paper's method (e.g. TRAINING_FREE_FREQ)
+            default = type(config)()  # freq's options that differ from the paper's method (e.g. TRAINING_FREE_FREQ)
             rows += [(field, getattr(config, field)) for field in FREQ_OPTIONS
                      if getattr(config, field) != getattr(default, field)]
     rows.append(("tokens", " → ".join(str(n) for n in token_counts(config))))
@@ -244,6 +246,28 @@ Or as a pipeline:
 from transformers import pipeline
 
 print(pipeline("image-classification", model="{repo}", trust_remote_code=True)("image.jpg"))
+```"""
+
+
+def _feature_usage(repo: str) -> str:
+    return f"""## How to use
+
+The modeling code comes with the weights, so only transformers and torch are needed:
+
+```bash
+{INSTALL}
+```
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained("{repo}")
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    features = model(**processor(image, return_tensors="pt")).pooler_output
 ```"""
 
 

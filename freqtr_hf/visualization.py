@@ -40,7 +40,7 @@ def merged_token_colour(merged_index: int) -> tuple[int, int, int]:
 def merged_token_indices(stage: TokenProvenance, index: int = 0) -> list[int]:
     """The 0-based merged-token indices that carry at least one patch of image `index`, in order."""
     token = stage.patch_to_token[index]
-    return sorted(int(t) - stage.num_kept - 1 for t in token[token > stage.num_kept].unique())
+    return sorted(int(t) - stage.first_merged for t in token[token >= stage.first_merged].unique())
 
 
 def pixel_patches(grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -74,14 +74,14 @@ def stage_overlay(image: np.ndarray, stage: TokenProvenance, grid: tuple[int, in
     Returns (H, W, 3) uint8."""
     height, width = image.shape[:2]
     patch = pixel_patches(grid, (height, width))
-    token = stage.patch_to_token[index].cpu().numpy()[patch]  # (H, W): -1 dropped, 1 … num_kept kept, above merged
+    token = stage.patch_to_token[index].cpu().numpy()[patch]  # (H, W): -1 dropped, then kept, from first_merged merged
     kept = stage.kept[index].cpu().numpy()[patch]
     out = image.astype(np.float32)
 
     white = np.full(3, 255, dtype=np.float32)
-    in_merged = token > stage.num_kept
-    joined = (token >= 1) & ~in_merged & ~kept
-    colours = np.where(in_merged[..., None], PALETTE[(token - stage.num_kept - 1) % len(PALETTE)], white)
+    in_merged = token >= stage.first_merged
+    joined = (token >= 0) & ~in_merged & ~kept
+    colours = np.where(in_merged[..., None], PALETTE[(token - stage.first_merged) % len(PALETTE)], white)
     hatched = in_merged | joined
     out[hatched] = (1 - TINT) * out[hatched] + TINT * colours[hatched]
     diagonal = (np.arange(height)[:, None] + np.arange(width)[None, :]) % HATCH_PERIOD
@@ -107,11 +107,11 @@ def stage_summary(stage: TokenProvenance, index: int = 0, noun: str = "merged to
     the merged tokens), with ', 12 merged into kept tokens' after the kept count when patches joined kept tokens."""
     token = stage.patch_to_token[index]
     tokens = len(merged_token_indices(stage, index))
-    joined = int((stage.merged[index] & (token <= stage.num_kept)).sum())
+    joined = int((stage.merged[index] & (token < stage.first_merged)).sum())
     return (
         f"layer {stage.layer + 1}: {int(stage.kept[index].sum())} kept, "
         + (f"{joined} merged into kept tokens, " if joined else "")
-        + f"{int((token > stage.num_kept).sum())} in {tokens} {noun}{'' if tokens == 1 else 's'}, "
+        + f"{int((token >= stage.first_merged).sum())} in {tokens} {noun}{'' if tokens == 1 else 's'}, "
         f"{int((token < 0).sum())} dropped"
     )
 
@@ -128,7 +128,7 @@ def draw_stage(panel, view: np.ndarray, stage: TokenProvenance, grid: tuple[int,
     hatched = dict(edgecolor="black", hatch="///")
     if bool(stage.kept[0].any()):
         handles.append(Patch(facecolor="white", edgecolor="black", label="kept patch (white border)"))
-    if bool((stage.merged[0] & (stage.patch_to_token[0] <= stage.num_kept)).any()):
+    if bool((stage.merged[0] & (stage.patch_to_token[0] < stage.first_merged)).any()):
         handles.append(Patch(facecolor="white", label="merged into a kept token", **hatched))
     merged = merged_token_indices(stage)
     if len(merged) <= 6:

@@ -36,14 +36,16 @@ from huggingface_hub.constants import HF_HUB_CACHE
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
-from transformers import AutoImageProcessor
+from accelerate import init_empty_weights
+from transformers import AutoImageProcessor, PreTrainedModel
 
-from freqtr_hf import TRAINING_FREE_FREQ, FreqViTConfig, FreqViTForImageClassification, count_macs
+from freqtr_hf import TRAINING_FREE_FREQ, count_macs
 from freqtr_hf.analysis.frequency import layer_high_frequency
 from freqtr_hf.models.freqvit.configuration_freqvit import TRAINING_FREE_METHODS
 from freqtr_hf.devices import describe, resolve_device, time_in_turns
 from freqtr_hf.images import ImageReadError, read_image
-from freqtr_hf.macs import count_parameters
+from freqtr_hf.models.freqvit import family_classes
+from freqtr_hf.models.freqvit.configuration_reduction import ReductionConfigMixin
 from freqtr_hf.visualization import amplitude_plot, stages_image
 
 FALLBACK_MODEL = "facebook/deit-tiny-patch16-224"
@@ -146,16 +148,19 @@ def one_line_answers(handler):
 def check_cost(source: str, local_files_only: bool) -> None:
     """Refuse, from its config alone, a model costlier than `MAX_GMACS` per image: a request must not cost what a
     model's config says."""
-    config_dict, _ = FreqViTConfig.get_config_dict(source, local_files_only=local_files_only)
+    config_class, model_class = family_classes(source, local_files_only=local_files_only)
+    config_dict, _ = config_class.get_config_dict(source, local_files_only=local_files_only)
     classes = max(int(config_dict.get("num_labels") or 0), len(config_dict.get("id2label") or {}))
     if classes > MAX_CLASSES:  # checked first: the config would build a label table of that size
         raise gr.Error(f"Model: {classes} classes is over this Space's limit of {MAX_CLASSES}; pick another model.")
-    config = FreqViTConfig.from_dict(config_dict, reduction_method="none")
-    gmacs, mparams = count_macs(config) / 1e9, count_parameters(config) / 1e6
+    config = config_class.from_dict(config_dict, reduction_method="none")
+    gmacs = count_macs(config) / 1e9
     shape = f"{config.image_size} px, {config.num_hidden_layers} layers, width {config.hidden_size}"
     if gmacs > MAX_GMACS:
         raise gr.Error(f"Model: {gmacs:.0f} GMACs per image ({shape}) is over this Space's limit of {MAX_GMACS:g}; "
                        "pick a smaller model.")
+    with init_empty_weights():  # the parameters counted on the meta device: no memory for weights
+        mparams = model_class(config).num_parameters() / 1e6
     if mparams > MAX_MPARAMS:
         raise gr.Error(f"Model: {mparams:.0f} M parameters ({shape}, {config.num_labels} classes) is over this "
                        f"Space's limit of {MAX_MPARAMS:g} M; pick a smaller model.")
@@ -177,11 +182,11 @@ def hub_unreachable(model_id: str) -> str | None:
     return None
 
 
-def share_weights(config: FreqViTConfig, unreduced: FreqViTForImageClassification) -> FreqViTForImageClassification:
+def share_weights(config: ReductionConfigMixin, unreduced: PreTrainedModel) -> PreTrainedModel:
     """A model built from `config` whose parameters are the unreduced model's own tensors (same storage, no copy);
     only the reduction's new parameters are its own, at their initial value (zero: the training-free method)."""
     with torch.device(unreduced.device):
-        model = FreqViTForImageClassification(config)
+        model = type(unreduced)(config)
     result = model.load_state_dict(unreduced.state_dict(), strict=False, assign=True)
     if result.unexpected_keys:
         raise ValueError(f"the reduced model lacks the unreduced model's {result.unexpected_keys[:3]}")
@@ -196,7 +201,8 @@ class LoadedModel:
         reason = hub_unreachable(source) if not Path(source).is_dir() else None
         try:
             check_cost(source, local_files_only=reason is not None)
-            model = FreqViTForImageClassification.from_pretrained(
+            _, model_class = family_classes(source, local_files_only=reason is not None)
+            model = model_class.from_pretrained(
                 source, reduction_method="none", local_files_only=reason is not None
             )
             self.processor = AutoImageProcessor.from_pretrained(source, local_files_only=reason is not None)
@@ -213,11 +219,11 @@ class LoadedModel:
 
     def build_reduced(
         self, method: str, keep_rate: float, layers: tuple[int, ...], windows: tuple[int, ...]
-    ) -> FreqViTForImageClassification:
+    ) -> PreTrainedModel:
         """The model reducing with `method` (a key of `METHODS`) after the 0-based blocks `layers`."""
         reduction_method, overrides = METHODS[method]
         try:
-            config = FreqViTConfig.from_dict(
+            config = type(self.unreduced.config).from_dict(
                 self.unreduced.config.to_dict(),
                 **overrides,
                 reduction_method=reduction_method,
@@ -311,7 +317,7 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
     layers = reduction_layers(layers_text, unreduced.config.num_hidden_layers)
     reduced = loaded.reduced(method, keep_rate, layers, parse_ints(windows_text, "DC windows"))
     pixels = loaded.processor(image, return_tensors="pt")["pixel_values"].to(DEVICE)
-    patch = reduced.config.patch_size
+    patch, prefix = reduced.config.patch_size, reduced.config.num_prefix_tokens
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
     with torch.inference_mode():
         base = unreduced(pixels, output_hidden_states=True)
@@ -321,8 +327,8 @@ def analyse(upload, model_text, method, keep_rate, layers_text, windows_text):
     provenance = out.token_provenance or ()
     stages = stages_image(view, provenance, grid, METHODS[method][0])
     figure = amplitude_plot(
-        layer_high_frequency(base.hidden_states, None, grid),
-        layer_high_frequency(out.hidden_states, provenance, grid),
+        layer_high_frequency(base.hidden_states, None, grid, prefix),
+        layer_high_frequency(out.hidden_states, provenance, grid, prefix),
         [stage.layer for stage in provenance],
     )
     lengths = [h.shape[1] for h in out.hidden_states]

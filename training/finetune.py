@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_scheduler
 
-from freqtr_hf import FreqViTConfig, FreqViTForImageClassification
+from freqtr_hf.models.freqvit import family_classes
 from freqtr_hf.models.freqvit.configuration_freqvit import FREQ_PRESETS, REDUCTION_FIELDS, REDUCTION_METHODS
 from freqtr_hf.commands import reduction_overrides
 from freqtr_hf.devices import synchronize
@@ -81,7 +81,8 @@ INSTALL_TRAIN = 'pip install -e ".[train]" (in the freqtr-hf checkout), or pip i
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model_name_or_path", default="facebook/deit-tiny-patch16-224",
-                        help="Hub id or folder of a ViT/DeiT/FreqViT checkpoint")
+                        help="Hub id or folder of an image classification checkpoint: ViT, DeiT, DINOv2 (with or without "
+                        "registers), or one of these saved reduced")
     parser.add_argument("--dataset_name", help="a Hub dataset id (or a folder saved with save_to_disk)")
     parser.add_argument("--train_dir", help="a folder of class sub-folders")
     parser.add_argument("--validation_dir", help="a folder of class sub-folders")
@@ -235,7 +236,8 @@ def student_reduction(args) -> dict:
     unreduced FreqViT's: freq). Refuses a `--preset` of freq's options for another method, before any data work."""
     reduction = reduction_overrides(args)
     # read from the config file alone: the checkpoint's schedule may not fit it before the flags change it
-    saved_method = FreqViTConfig.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
+    config_class, _ = family_classes(args.model_name_or_path)  # refuses, by its type, a checkpoint of no family
+    saved_method = config_class.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
     method = reduction.setdefault("reduction_method", saved_method)
     if method == "none":
         method = reduction["reduction_method"] = "freq"
@@ -248,7 +250,8 @@ def build_student(args, reduction: dict, train_label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
     pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
-    pretrained = FreqViTConfig.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
+    config_class, model_class = family_classes(args.model_name_or_path)
+    pretrained = config_class.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
     label_of = label_mapping(train_label_names, pretrained.id2label, args.synsets) if train_label_names else []
     keep_head = args.distill_only or (bool(train_label_names) and all(index >= 0 for index in label_of))
     head = {}
@@ -261,10 +264,10 @@ def build_student(args, reduction: dict, train_label_names: list[str]):
             label2id={name: i for i, name in enumerate(names)},
             ignore_mismatched_sizes=True,
         )
-    student = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, **reduction, **head)
+    student = model_class.from_pretrained(args.model_name_or_path, **reduction, **head)
     teacher = None
     if keep_head or not train_label_names:
-        teacher = FreqViTForImageClassification.from_pretrained(args.model_name_or_path, reduction_method="none")
+        teacher = model_class.from_pretrained(args.model_name_or_path, reduction_method="none")
         teacher.requires_grad_(False).eval()
     return student, teacher, label_of
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..models.freqvit.configuration_freqvit import REDUCTION_METHODS
@@ -35,7 +36,6 @@ from .frequency import (
     last_layer_similarity,
     token_set_similarity,
 )
-from ..models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from .patterns import (
     set_iou,
 )
@@ -204,30 +204,31 @@ def forward_hooks(modules: list[torch.nn.Module], hook) -> Iterator[None]:
 
 
 def model_statistics(
-    model: FreqViTForImageClassification, job: Job, pixel_values: torch.Tensor
+    model: PreTrainedModel, job: Job, pixel_values: torch.Tensor
 ) -> tuple[dict[str, np.ndarray], list[list[int]]]:
     """One batch through a (reduced or unreduced) model with hidden states and provenance: predictions, final CLS
     features, the summed diagonal log amplitudes per block, the similarity of each block to the last, and the
     provenance (B, stages, P); for `freq` also the EViT/HF overlap and the DC-signal similarities of every
     reduction. Also returns the stages' `[layer, num_kept]`."""
-    vit = model.vit
+    encoder = model.base_model
     is_freq = job.method == "freq"
     set_similarity = []
 
     def capture_sets(module, args, output):
         set_similarity.append(token_set_similarity(args[0], args[2], *output))
 
-    reducers = [layer.token_reducer for layer in vit.layers if layer.token_reducer is not None] if is_freq else []
+    reducers = [layer.token_reducer for layer in encoder.blocks if layer.token_reducer is not None] if is_freq else []
     with forward_hooks(reducers, capture_sets):
         outputs = model(pixel_values, output_hidden_states=True, output_attentions=is_freq,
                         output_token_provenance=True)
     provenance = outputs.token_provenance
-    grid = patch_grid(tuple(pixel_values.shape[-2:]), vit.embeddings.patch_embeddings.patch_size)
-    grids = [tokens for tokens, _ in block_patch_grids(outputs.hidden_states, provenance)]
+    grid = patch_grid(tuple(pixel_values.shape[-2:]), model.config.patch_size)
+    prefix = model.config.num_prefix_tokens
+    grids = [tokens for tokens, _ in block_patch_grids(outputs.hidden_states, provenance, prefix)]
     carried = provenance[-1].patch_to_token >= 0 if provenance else None
     stats = {
         "prediction": outputs.logits.argmax(-1),
-        "cls": vit.layernorm(outputs.hidden_states[-1][:, :1])[:, 0],
+        "cls": encoder.layernorm(outputs.hidden_states[-1][:, :1])[:, 0],
         "log_amplitude_sum": torch.stack([diagonal_log_amplitude(tokens, grid).sum(0) for tokens in grids]).double(),
         "last_layer_similarity": last_layer_similarity(grids, carried),
     }
@@ -247,7 +248,7 @@ def model_statistics(
 
 
 def noise_statistics(
-    model: FreqViTForImageClassification, job: Job, pixel_values: torch.Tensor, layers: tuple[int, ...],
+    model: PreTrainedModel, job: Job, pixel_values: torch.Tensor, layers: tuple[int, ...],
     options: AnalysisOptions, batch_start: int,
 ) -> dict:
     """One batch through the unreduced model with Gaussian noise added, after each of `layers`, to the token set
@@ -258,10 +259,10 @@ def noise_statistics(
     def add_noise(module, args, output):
         hidden_states, tokens, attention_probs = output
         noisy = add_token_noise(hidden_states, attention_probs, job.noise, options.noise_fraction,
-                                options.noise_scale, generator)
+                                options.noise_scale, generator, model.config.num_prefix_tokens)
         return noisy, tokens, attention_probs
 
-    with forward_hooks([model.vit.layers[layer] for layer in layers], add_noise):
+    with forward_hooks([model.base_model.blocks[layer] for layer in layers], add_noise):
         logits = model(pixel_values, output_attentions=True).logits
     return {"prediction": logits.argmax(-1).cpu().numpy()}
 

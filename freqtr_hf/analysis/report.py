@@ -7,14 +7,14 @@ from pathlib import Path
 from transformers import AutoImageProcessor
 
 from .figures import write_figures, write_markdown
-from ..models.freqvit.configuration_freqvit import FREQ_PRESETS, FreqViTConfig
+from ..models.freqvit import family_classes
+from ..models.freqvit.configuration_freqvit import FREQ_PRESETS
 from ..devices import describe, resolve_device
 from ..data import data_fingerprint, label_mapping, label_names, load_images
 from ..fingerprint import model_digest, slug, value_digest
 from .frequency import (
     NOISE_SETS,
 )
-from ..models.freqvit.modeling_freqvit import FreqViTForImageClassification
 from ..runs import check_output_folder, exclusive_use, write_atomically, write_marker
 from .jobs import AnalysisOptions, JobCache, STATS_VERSION, analysis_jobs, check_arguments, data_set_names, run_jobs
 from .statistics import build_report
@@ -54,15 +54,18 @@ def run_analysis(
     check_output_folder(output, "--output", ANALYSIS_FOLDER)  # before any work: a folder of ours, or empty
     with exclusive_use(output, "--output"):  # two runs on one folder would overwrite each other's caches
         check_output_folder(output, "--output", ANALYSIS_FOLDER)
-        FreqViTConfig.from_pretrained(model)  # a clear error for a checkpoint that is not a ViT, before any data work
+        # a clear error for a checkpoint that is not an image classifier of a family this project reduces, before any
+        # data work
+        config_class, model_class = family_classes(model)
+        config_class.from_pretrained(model)
         target = resolve_device(device)
         print(f"freqtr-hf analyze: {len(methods)} methods x {len(keep_rates)} keep rates on {describe(target)}")
         jobs = analysis_jobs(methods, keep_rates)
-        models = {"none": FreqViTForImageClassification.from_pretrained(model, reduction_method="none")}
+        models = {"none": model_class.from_pretrained(model, reduction_method="none")}
         for job in jobs:
             if not job.noise and job.method != "none":
                 options_of_method = FREQ_PRESETS[preset] if job.method == "freq" else {}
-                models[job.label] = FreqViTForImageClassification.from_pretrained(
+                models[job.label] = model_class.from_pretrained(
                     model, reduction_method=job.method, keep_rate=job.keep_rate, **options_of_method
                 )
         for module in models.values():

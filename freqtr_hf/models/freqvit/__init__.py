@@ -56,6 +56,34 @@ FAMILIES = {
 __all__ = sorted(NAMES)
 
 
+def family_classes(source: str, auto_class: str = "AutoModelForImageClassification", **options) -> tuple[type, type]:
+    """The reducing config class and model class (the one `auto_class` serves) that load the checkpoint `source` (a
+    Hub id or a folder), chosen by its model type: a ViT/DeiT or FreqViT checkpoint gives FreqViT's, a DINOv2 one
+    FreqDINOv2's, and so on. `options`: `get_config_dict`'s (revision, token, local_files_only, ...). Raises
+    `ValueError` naming the model type when no family loads it, or when the family has no such class (CLIP's and
+    SigLIP's vision towers have no image classifier)."""
+    from transformers import PreTrainedConfig
+
+    from .configuration_reduction import FAMILY_CONFIGS
+
+    model_type = PreTrainedConfig.get_config_dict(source, **options)[0].get("model_type")
+    configs = {name: getattr(importlib.import_module(f".{NAMES[name]}", __name__), name) for name in FAMILIES}
+    by_type = {**FAMILY_CONFIGS, **{config.model_type: name for name, config in configs.items()}}
+    by_type |= {kind: name for name, config in configs.items() for kind in config.refused_model_types}
+    if model_type not in by_type:
+        families = sorted({*FAMILY_CONFIGS})
+        raise ValueError(f"{source} is a {model_type!r} checkpoint; freqtr-hf reduces tokens in {', '.join(families)}")
+    config_name = by_type[model_type]
+    if auto_class not in FAMILIES[config_name]:
+        raise ValueError(
+            f"{source} is a {model_type!r} checkpoint, whose model ({config_name.removesuffix('Config')}) has no "
+            f"{auto_class.removeprefix('Auto')}: this needs an image classification checkpoint (ViT, DeiT, DINOv2)"
+        )
+    register_auto_classes()
+    model_name = FAMILIES[config_name][auto_class]
+    return configs[config_name], getattr(importlib.import_module(f".{NAMES[model_name]}", __name__), model_name)
+
+
 def __getattr__(name: str):
     if name not in NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
