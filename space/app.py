@@ -288,7 +288,7 @@ def input_view(pixels: torch.Tensor, processor) -> np.ndarray:
 
 
 def top5(logits: torch.Tensor, id2label: dict) -> dict[str, float]:
-    values, indices = logits.float().softmax(-1).topk(5)
+    values, indices = logits.float().softmax(-1).topk(min(5, logits.shape[-1]))  # a model may have fewer classes
     return {id2label[int(i)]: float(v) for v, i in zip(values, indices)}
 
 
