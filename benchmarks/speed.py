@@ -18,8 +18,8 @@ that no token cut removes. On CUDA, peak memory per model is printed too. `--com
 `--methods`, timed against the compiled ViT the same way. `--matmuls-alone` times ViT's linear layers alone, at full
 length and at `freq`'s token counts: each reads its whole weight matrix whatever the token count, so at batch 1 even
 they fall short of their MAC ratio. `--training-memory` measures the activations a training step keeps for backward (batch 64), with and
-without reduction. `--score-study` times a reducing block's attention with `freq`'s exact score two ways: eager, and
-sdpa plus the score recomputed over chunks of queries (no (B, h, n, n) tensor). Attention runs on sdpa.
+without reduction. `--score-study` times a reducing block's attention with `freq`'s exact score several ways: eager over all queries,
+the model's chunks of queries, and sdpa plus the score recomputed over chunks of queries (no (B, h, n, n) tensor). Attention runs on sdpa.
 """
 
 import argparse
@@ -41,6 +41,7 @@ from freqtr_hf import (
 from freqtr_hf.devices import (
     DEVICE_CHOICES, describe, resolve_device, resolve_dtype, synchronize, time_in_turns,
 )
+from freqtr_hf.models.freqvit import modeling_reduction
 from freqtr_hf.models.freqvit.token_schedule import configured_sequence_lengths
 from freqtr_hf.models.freqvit.token_state import AttentionMaps, TokenState
 from freqtr_hf.cli import HelpFormatter, positive_int
@@ -276,11 +277,12 @@ def compiled_models(models: dict, mode: str) -> dict:
 
 def exact_score_study(
     size: str, batch_size: int, dtype: torch.dtype, rounds: int, device: torch.device, chunk: int = 64
-) -> tuple[float, float]:
-    """One reducing block's attention at a shape's token count, two ways that give `freq`'s exact score (the column
-    mean of the softmax): eager (the (B, h, n, n) probabilities, then AV) against sdpa plus the column sums
-    recomputed over chunks of `chunk` queries, which never holds more than (B, h, chunk, n). Returns the eager time
-    over the chunked one (above 1: chunking pays) and the largest score difference."""
+) -> dict[str, float]:
+    """One reducing block's attention at a shape's token count, ways that give `freq`'s exact score (the column mean
+    of the softmax): eager over all queries at once (the (B, h, n, n) probabilities, then AV); the model's
+    `eager_attention` (over chunks of `query_chunk` queries), and the same with 256 queries a chunk; sdpa plus the
+    column sums recomputed over chunks of `chunk` queries. Returns each one's speed against the whole eager one (above
+    1: faster) and the largest score difference among them."""
     family, width, heads, _, image_size, patch_size = SHAPES[size]
     length = (family != "siglip") + (image_size // patch_size) ** 2
     q, k, v = (torch.randn(batch_size, heads, length, width // heads, device=device, dtype=dtype) for _ in range(3))
@@ -291,16 +293,32 @@ def exact_score_study(
         probs @ v  # the block's output
         return probs.mean(dim=(1, 2), dtype=torch.float32)
 
-    def chunked() -> torch.Tensor:
+    def model_chunks() -> torch.Tensor:
+        return modeling_reduction.eager_attention(q, k, v, None, scaling, 0.0, False, True)[2]
+
+    def fixed_chunks() -> torch.Tensor:  # the same, 256 queries a chunk
+        outputs, sums = [], 0.0
+        for part in q.split(256, dim=2):
+            probs = ((part * scaling) @ k.transpose(-1, -2)).softmax(-1)
+            outputs.append(probs @ v)
+            sums = sums + probs.sum(dim=(1, 2), dtype=torch.float32)
+        torch.cat(outputs, dim=2)  # the block's output
+        return sums / (heads * length)
+
+    def recomputed() -> torch.Tensor:
         torch.nn.functional.scaled_dot_product_attention(q, k, v)  # the block's output
         sums = sum((part @ k.transpose(-1, -2) * scaling).softmax(-1).sum(dim=2, dtype=torch.float32)
                    for part in q.split(chunk, dim=2))
         return sums.sum(1) / (heads * length)
 
+    ways = {"the model's chunks": model_chunks, "256 queries a chunk": fixed_chunks,
+            f"sdpa + sums over {chunk}": recomputed}
     with torch.inference_mode():
-        difference = (eager() - chunked()).abs().max().item()
-        times = time_in_turns([eager, chunked], rounds, device)
-    return statistics.median(e / c for e, c in zip(*times)), difference
+        reference = eager()
+        difference = max((way() - reference).abs().max().item() for way in ways.values())
+        times = time_in_turns([eager, *ways.values()], rounds, device)
+    ratios = {name: statistics.median(e / t for e, t in zip(times[0], way)) for name, way in zip(ways, times[1:])}
+    return {**ratios, "difference": difference}
 
 
 def saved_activation_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
@@ -348,8 +366,9 @@ def main() -> None:
                         "reduce-overhead, CUDA graphs; max-autotune tunes every matmul and takes minutes per model)")
     parser.add_argument("--training-memory", action="store_true", help="activations kept by a training step")
     parser.add_argument("--score-study", action="store_true",
-                        help="also time a reducing block's attention with the exact score two ways: eager, and sdpa "
-                        "plus the score's column sums over chunks of 64 queries")
+                        help="also time a reducing block's attention with the exact score several ways: eager over all "
+                        "queries, over the model's chunks of queries, and sdpa plus the score's column sums over chunks "
+                        "of 64 queries")
     parser.add_argument("--matmuls-alone", action="store_true",
                         help="also time ViT's linear layers alone, at full length and at freq's token counts")
     args = parser.parse_args()
@@ -387,9 +406,11 @@ def main() -> None:
                     print(f"matrix products alone (ViT's linear layers at freq's token counts): {speedup:.2f}x against "
                           f"a MAC ratio of {mac_ratio:.2f}x, {100 * speedup / mac_ratio:.0f}%")
                 if args.score_study:
-                    ratio, difference = exact_score_study(size, batch_size, dtype, args.rounds, device)
-                    print(f"exact score without the (B, h, n, n) probabilities (sdpa + chunked column sums): "
-                          f"{ratio:.2f}x the eager attention's speed, scores within {difference:.1e}")
+                    study = exact_score_study(size, batch_size, dtype, args.rounds, device)
+                    difference = study.pop("difference")
+                    print("a reducing block's attention with the exact score, against eager over all queries at once "
+                          f"(scores within {difference:.1e}): " + ", ".join(f"{name} {ratio:.2f}x"
+                                                                            for name, ratio in study.items()))
                 if args.compile:
                     for mode in args.compile_modes:
                         compiled = compiled_models(models, mode)

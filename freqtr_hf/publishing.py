@@ -146,7 +146,7 @@ def model_card(
     ]
     if training:
         sections.append(f"## Training\n\n{training}")
-    sections += [_usage(repo) if classifies else _feature_usage(repo), f"## Citation\n\n```bibtex\n{CITATION}\n```"]
+    sections += [_usage(repo, classifies), f"## Citation\n\n```bibtex\n{CITATION}\n```"]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
@@ -218,27 +218,12 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
     return "\n".join(header + rows + ["", note])
 
 
-def _usage(repo: str) -> str:
-    return f"""## How to use
-
-The modeling code comes with the weights, so only transformers and torch are needed:
-
-```bash
-{INSTALL}
-```
-
-```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained("{repo}", trust_remote_code=True).eval()
-processor = AutoImageProcessor.from_pretrained("{repo}")
-image = Image.open("image.jpg").convert("RGB")
-with torch.no_grad():
-    logits = model(**processor(image, return_tensors="pt")).logits
-print(model.config.id2label[logits.argmax(-1).item()])
-```
+def _usage(repo: str, classifies: bool) -> str:
+    """How to use the folder: an image classifier, or a vision tower's features."""
+    if classifies:
+        auto_class, result = "AutoModelForImageClassification", "logits"
+        last = "print(model.config.id2label[logits.argmax(-1).item()])\n"
+        pipeline = f"""
 
 Or as a pipeline:
 
@@ -247,9 +232,9 @@ from transformers import pipeline
 
 print(pipeline("image-classification", model="{repo}", trust_remote_code=True)("image.jpg"))
 ```"""
-
-
-def _feature_usage(repo: str) -> str:
+    else:
+        auto_class, result, last, pipeline = "AutoModel", "pooler_output", "", ""
+    name = "logits" if classifies else "features"
     return f"""## How to use
 
 The modeling code comes with the weights, so only transformers and torch are needed:
@@ -261,14 +246,14 @@ The modeling code comes with the weights, so only transformers and torch are nee
 ```python
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
+from transformers import AutoImageProcessor, {auto_class}
 
-model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()
+model = {auto_class}.from_pretrained("{repo}", trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained("{repo}")
 image = Image.open("image.jpg").convert("RGB")
 with torch.no_grad():
-    features = model(**processor(image, return_tensors="pt")).pooler_output
-```"""
+    {name} = model(**processor(image, return_tensors="pt")).{result}
+{last}```{pipeline}"""
 
 
 def _percent(value: float | None) -> str:

@@ -83,13 +83,6 @@ class Dinov2Encoding(ReducingModelMixin):
         self.encoder = BlockStack("layer", [FreqDinov2Layer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.encoder.blocks
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
-
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
         return self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype))
 

@@ -70,13 +70,6 @@ class FreqSiglipVisionModel(ReducingModelMixin, FreqSiglipPreTrainedModel):
         self.head = SiglipMultiheadAttentionPoolingHead(config) if config.vision_use_head else None
         self.post_init()
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.encoder.blocks
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
         return self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
 

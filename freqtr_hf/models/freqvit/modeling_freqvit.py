@@ -74,9 +74,6 @@ class FreqViTModel(ReducingModelMixin, FreqViTPreTrainedModel):
     def blocks(self) -> nn.ModuleList:
         return self.layers
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
-
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         return self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)

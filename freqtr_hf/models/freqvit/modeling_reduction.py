@@ -8,6 +8,7 @@ states, the attention maps and the `TokenState`; the reduction math lives in the
 """
 
 import json
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -74,9 +75,23 @@ def current_name(name: str, model_type: str) -> str:
     return name
 
 
-# queries per chunk of the eager attention when only the attention each key receives is wanted: a (B, h, n, n) tensor is
-# never held whole at long sequences (577 tokens at 384 px); up to this length it is one chunk, in the fewest ops
+# When only the attention each key receives is wanted, the eager attention runs over chunks of queries, so that no
+# (B, h, n, n) tensor is held whole at long sequences. Up to `QUERY_CHUNK` tokens it is one chunk, in the fewest ops;
+# beyond, a chunk's probabilities (B, h, c, n) hold about `CHUNK_VALUES` values, c a power of two from 32 to
+# `QUERY_CHUNK`, which a CPU's caches keep (DINOv2-S at 1,370 tokens, batch 4: 156 ms a block's attention against 205
+# with 256 queries a chunk, and 247 whole; `benchmarks/speed.py --score-study`)
 QUERY_CHUNK = 256
+CHUNK_VALUES = 2**22
+
+
+def query_chunk(batch: int, heads: int, length: int) -> int:
+    """Queries per chunk of `eager_attention` for a (batch, heads, length) attention, when only the received attention
+    is wanted."""
+    if length <= QUERY_CHUNK:
+        return length
+    fitting = max(CHUNK_VALUES // (batch * heads * length), 1)
+    nearest = 2 ** round(math.log2(fitting))
+    return min(max(nearest, 32), QUERY_CHUNK)
 
 
 def eager_attention(
@@ -91,13 +106,13 @@ def eager_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Eager attention in the fewest ops (in eager mode each is a kernel launch), for the blocks whose reducer reads
     the attention: it also returns the probabilities (B, h, n, n) and/or the attention each key receives (B, n)
-    (`received_attention`, fp32). Without the probabilities it runs over chunks of `QUERY_CHUNK` queries, so that no
+    (`received_attention`, fp32). Without the probabilities it runs over chunks of queries (`query_chunk`), so that no
     (B, h, n, n) tensor exists at long sequences; the result is the same. The softmax runs in the input dtype,
     accumulating in fp32 as PyTorch's kernels do; `dropout` is the attention dropout (0 outside training).
     queries, keys, values (B, h, n, d), an additive bias (B, 1, 1, n) -> the output (B, n, h, d), the probabilities,
     the received attention (or None)."""
-    length = queries.shape[2]
-    chunks = [queries] if return_probs or length <= QUERY_CHUNK else queries.split(QUERY_CHUNK, dim=2)
+    batch, heads, length = queries.shape[:3]
+    chunks = [queries] if return_probs else queries.split(query_chunk(batch, heads, length), dim=2)
     keys_t = keys.transpose(-1, -2)
     outputs, probs, received = [], None, None
     for chunk in chunks:
@@ -113,7 +128,7 @@ def eager_attention(
             column_sums = probs.sum(dim=(1, 2), dtype=torch.float32)
             received = column_sums if received is None else received + column_sums
     if return_received and len(chunks) > 1:
-        received = received / (queries.shape[1] * length)
+        received = received / (heads * length)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return output.transpose(1, 2), probs if return_probs else None, received
 
@@ -394,9 +409,10 @@ class ReducingPreTrainedModel:
 
 class ReducingModelMixin:
     """Mixin for a family's encoder model (put before its `PreTrainedModel` in the bases): the forward pass through
-    the reducing blocks. A family provides `blocks` (its `ReducingLayer`s), `embed` (pixels -> the sequence of prefix
-    tokens and patches, (B, p + P, C)) and `finish` (the final sequence -> last hidden state and pooled output), and
-    says whether its embeddings always interpolate position embeddings (DINOv2's do)."""
+    the reducing blocks. A family keeps its `ReducingLayer`s in `encoder` (a `BlockStack`) or says where they are
+    (`blocks`), provides `embed` (pixels -> the sequence of prefix tokens and patches, (B, p + P, C)) and `finish`
+    (the final sequence -> last hidden state and pooled output), and says whether its embeddings always interpolate
+    position embeddings (DINOv2's do)."""
 
     always_interpolates = False
 
@@ -408,7 +424,7 @@ class ReducingModelMixin:
 
     @property
     def blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
+        return self.encoder.blocks
 
     def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
         raise NotImplementedError
