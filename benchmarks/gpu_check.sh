@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of one short lease (at most about 8 minutes on one H100): the CUDA tests, then the key speed rows
+# The GPU checks of one short lease (at most about 9 minutes on one H100): the CUDA tests, then the key speed rows
 # against ViT on the same weights. Run from the repository root on a machine with a CUDA GPU:
 #
 #     bash benchmarks/gpu_check.sh [OUTPUT_FOLDER]        # default: runs/gpu_check
@@ -34,3 +34,6 @@ step speed_compiled 150 python3 benchmarks/speed.py --device cuda --sizes small 
 # long sequences: ViT-B/16 at 384 px (577 tokens), bf16 batch 256 eager
 step speed_384 60 python3 benchmarks/speed.py --device cuda --sizes base-384 --dtypes bfloat16 --batch-sizes 256 \
   --rounds 5 --methods freq freq-x64 free-cut
+# the other families at their long sequences: DINOv2-B at 518 px, CLIP ViT-L/14 at 336, SigLIP-B/16 at 384, bf16 batch 64
+step speed_families 60 python3 benchmarks/speed.py --device cuda --sizes dinov2-b-518 clip-l-336 siglip-b-384 \
+  --dtypes bfloat16 --batch-sizes 64 --rounds 5 --methods freq freq-logits free-cut

@@ -68,6 +68,8 @@ FAMILY_CLASSES = {
     "siglip": (SiglipVisionConfig, SiglipVisionModel, FreqSiglipVisionConfig, FreqSiglipVisionModel),
 }
 VIT_SHAPES = [name for name, shape in SHAPES.items() if shape[0] == "vit"]
+# how a report names a family's transformers model, its baseline
+FAMILY_NAMES = {"vit": "ViT", "dinov2": "DINOv2", "clip": "CLIP", "siglip": "SigLIP"}
 # name -> FreqViTConfig fields; per-layer ToMe at r = 13, as its paper runs DeiT (0.74 GMACs on DeiT-T shapes)
 VARIANTS = {
     "freqvit-off": dict(reduction_method="none"),
@@ -188,8 +190,8 @@ def shape_title(size: str) -> str:
     family, width, _, _, image_size, patch_size = SHAPES[size]
     tokens = (image_size // patch_size) ** 2 + (family != "siglip")
     if family != "vit":
-        name = {"dinov2": "DINOv2", "clip": "CLIP ViT", "siglip": "SigLIP"}[family]
-        return f"{name}-{size.split('-')[1].upper()}/{patch_size} shapes at {image_size} px ({tokens} tokens)"
+        return (f"{FAMILY_NAMES[family]}-{size.split('-')[1].upper()}/{patch_size} shapes at {image_size} px "
+                f"({tokens} tokens)")
     name = size.partition("-")[0]
     return f"{'DeiT' if name != 'large' else 'ViT'}-{name[0].upper()}/16 shapes at {image_size} px ({tokens} tokens)"
 
@@ -254,7 +256,7 @@ def report(title: str, models: dict, times: dict, peaks: dict, batch_size: int, 
     if f"{baseline} (eager)" in times:
         compiled_ms, eager_ms = (1e3 * statistics.median(times[name]) for name in (baseline, f"{baseline} (eager)"))
         if compiled_ms > eager_ms:
-            print(f"the compiled {baseline} is slower than the eager one ({compiled_ms:.2f} ms against "
+            print(f"the compiled {FAMILY_NAMES[baseline]} is slower than the eager one ({compiled_ms:.2f} ms against "
                   f"{eager_ms:.2f}): the speed-ups above, against it, overstate what the reduced models gain; compare "
                   f"their ms with {baseline} (eager)'s")
 

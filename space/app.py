@@ -36,7 +36,6 @@ from huggingface_hub.constants import HF_HUB_CACHE
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
-from accelerate import init_empty_weights
 from transformers import AutoImageProcessor, PreTrainedModel
 
 from freqtr_hf import TRAINING_FREE_FREQ, count_macs
@@ -159,7 +158,9 @@ def check_cost(source: str, local_files_only: bool) -> None:
     if gmacs > MAX_GMACS:
         raise gr.Error(f"Model: {gmacs:.0f} GMACs per image ({shape}) is over this Space's limit of {MAX_GMACS:g}; "
                        "pick a smaller model.")
-    with init_empty_weights():  # the parameters counted on the meta device: no memory for weights
+    # the parameters counted on the meta device: no memory for weights; torch's device mode is the calling thread's
+    # own (accelerate's init_empty_weights patches every thread's modules, and requests run in threads)
+    with torch.device("meta"):
         mparams = model_class(config).num_parameters() / 1e6
     if mparams > MAX_MPARAMS:
         raise gr.Error(f"Model: {mparams:.0f} M parameters ({shape}, {config.num_labels} classes) is over this "

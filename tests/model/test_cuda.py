@@ -156,3 +156,19 @@ def test_evaluate_on_cuda_gives_the_cpu_results(tmp_path):
         assert main(argv) == 0
         results[device] = {row["method"]: (row["top1"], row["agreement"]) for row in json.loads(output.read_text())["results"]}
     assert results["cuda"] == results["cpu"]
+
+
+@pytest.mark.parametrize("family", ["dinov2-registers", "clip", "siglip"])
+def test_the_other_families_on_cuda_match_the_cpu(family):
+    from test_families import FAMILY, REDUCTION
+
+    model, _ = FAMILY[family].twins(**REDUCTION, **TRAINING_FREE_FREQ)
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        on_cpu = model(pixels, interpolate_pos_encoding=True).last_hidden_state
+    model.to("cuda")
+    with torch.inference_mode():
+        on_gpu = model(pixels.to("cuda"), interpolate_pos_encoding=True).last_hidden_state.cpu()
+        half = model.to(torch.bfloat16)(pixels.to("cuda", torch.bfloat16), interpolate_pos_encoding=True)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(half.last_hidden_state).all()

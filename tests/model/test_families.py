@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
-    CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, DepthAnythingConfig, DepthAnythingForDepthEstimation,
-    Dinov2Backbone, Dinov2Config, Dinov2ForImageClassification, Dinov2Model, Dinov2WithRegistersConfig,
+    AutoModel, CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, DepthAnythingConfig,
+    DepthAnythingForDepthEstimation, DPTConfig, DPTForDepthEstimation, Dinov2Backbone, Dinov2Config, Dinov2ForImageClassification, Dinov2Model, Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification, Dinov2WithRegistersModel, SiglipConfig, SiglipModel,
     SiglipVisionConfig, SiglipVisionModel,
 )
@@ -206,6 +206,7 @@ def test_a_saved_folder_round_trips_with_its_code_where_freqtr_hf_is_absent(fami
     needed = {Path(file).name for module in modules for file in [module, *get_relative_import_files(str(module))]}
     assert sorted(path.name for path in folder.glob("*.py")) == sorted(needed)
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"].startswith(family.modeling_module)
+    assert type(AutoModel.from_pretrained(folder)) is family.model  # registered: no remote code where freqtr_hf is
     pixels = torch.randn(2, 3, 64, 64)
     torch.save(pixels, tmp_path / "pixels.pt")
     torch.save(forward(model, pixels).last_hidden_state, tmp_path / "expected.pt")
@@ -263,7 +264,7 @@ def test_siglip2_naflex_checkpoints_are_refused_by_name(tmp_path):
         FreqSiglipVisionModel.from_pretrained(tmp_path)
 
 
-def test_dinov2_backbone_restores_the_grid_and_serves_depth_anything():
+def test_dinov2_backbone_restores_the_grid_and_serves_depth_anything_and_dpt():
     family = FAMILY["dinov2"]
     stages = dict(out_features=["stage2", "stage4"])
     model, reference = family.twins(FreqDinov2Backbone, Dinov2Backbone, stages, reduction_method="none")
@@ -280,4 +281,11 @@ def test_dinov2_backbone_restores_the_grid_and_serves_depth_anything():
     ))
     depth = anything(pixel_values=pixels).predicted_depth
     assert depth.shape == (2, 48, 72) and torch.isfinite(depth).all()
+    depth.mean().backward()
+    dpt = DPTForDepthEstimation(DPTConfig(
+        backbone_config=backbone, hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5], head_in_index=-1,
+    ))
+    depth = dpt(pixel_values=pixels).predicted_depth
+    assert depth.shape[0] == 2 and torch.isfinite(depth).all()
     depth.mean().backward()

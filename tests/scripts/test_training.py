@@ -16,7 +16,10 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification, ViTConfig, ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from conftest import held_by_another_process, RecordingHubApi, remote_code_difference, tiny_config, write_images, write_tiny_vit
 
@@ -616,3 +619,21 @@ def test_a_truncated_jpeg_stops_training_in_one_line_or_is_skipped(tiny_run, tmp
     message = str(stop.value)
     assert "cut.jpg: not a readable image" in message and "pass --skip_bad_images" in message and "\n" not in message
     run("skipping", "--skip_bad_images")
+
+
+def test_a_dinov2_classifier_with_registers_fine_tunes(tiny_run, tmp_path):
+    """Fine-tuning takes the other families' classifiers, chosen by the checkpoint's model type."""
+    torch.manual_seed(0)
+    labels = {i: f"class {i}" for i in range(10)}
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64, patch_size=8, mlp_ratio=2,
+        num_register_tokens=2, id2label=labels, label2id={name: i for i, name in labels.items()},
+    )
+    Dinov2WithRegistersForImageClassification(config).save_pretrained(tmp_path / "dinov2")
+    shutil.copy(tiny_run / "model" / "preprocessor_config.json", tmp_path / "dinov2")
+    args = run_args(tiny_run, tmp_path / "run", "--max_train_steps", "2")
+    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "dinov2")
+    results = finetune.main(args)
+    assert results["steps"] == 2 and results["gmacs"]["reduced"] < results["gmacs"]["unreduced"]
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "freqdinov2_with_registers" and saved["reduction_layers"] == [1, 2]
