@@ -76,10 +76,13 @@ def keep_rate(text: str) -> float:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = True, encoders: bool = False) -> None:
+    """--model, --device and --dtype; `encoders`: the command takes encoders too, not only image classifiers."""
+    kinds = ("any checkpoint of ViT, DeiT, DINOv2 (with or without registers) or CLIP's or SigLIP's vision tower (one "
+             "without a classifier is written as an encoder)" if encoders else
+             "an image classification checkpoint of ViT, DeiT or DINOv2 (with or without registers)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="Hub id or local folder of a checkpoint: ViT, DeiT, DINOv2 (with or without registers; "
-                        "export: also CLIP's and SigLIP's vision towers), or one of these saved reduced")
+                        help=f"Hub id or local folder: {kinds}, or one of these saved reduced")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: the GPU when there is one")
     if dtype:
         parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="weights and activations")
@@ -160,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser(
-        "export", help="write a ready-to-push training-free FreqViT folder (weights, code, processor, model card)",
+        "export", help="write a ready-to-push folder of a training-free reducing model (weights, code, processor, model card)",
         description="Turn a ViT/DeiT, DINOv2, CLIP or SigLIP checkpoint into a reducing model folder that loads with "
         "trust_remote_code=True.",
         formatter_class=formatter,
     )
-    add_model_arguments(export, dtype=False)  # the weights are written as the checkpoint holds them
+    add_model_arguments(export, dtype=False, encoders=True)  # the weights are written as the checkpoint holds them
     export.add_argument("--method", default="freq", choices=REDUCTION_METHODS[1:], help="reduction method")
     add_reduction_arguments(export)
     export.add_argument("--output", required=True, help="folder to write (new, empty, or an earlier export)")

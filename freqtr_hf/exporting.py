@@ -67,8 +67,8 @@ def export_model(
         check_output_folder(output, "--output", MODEL_FOLDER, "--overwrite", overwrite)  # as it is under the lock
         model_class = export_class(model)
         if data and not model_class.__name__.endswith("ForImageClassification"):
-            raise ValueError(f"--data: {model} is a vision tower without a classifier, whose accuracy cannot be "
-                             "measured; leave out --data")
+            raise ValueError(f"--data: {model} has no image classifier, so no accuracy can be measured; leave out "
+                             "--data (the folder is written as an encoder)")
         reduced, info = model_class.from_pretrained(model, output_loading_info=True, **reduction)
         check_trained(reduced.config, info["missing_keys"])
         processor = AutoImageProcessor.from_pretrained(model)
@@ -86,7 +86,7 @@ def export_model(
 
 def export_class(model: str) -> type:
     """The reducing class an export writes for the checkpoint `model`: its family's image classifier, or the encoder
-    where the family has none (CLIP's and SigLIP's vision towers)."""
+    where the checkpoint has none (CLIP's and SigLIP's vision towers, DINOv2 without a head)."""
     try:
         return family_classes(model)[1]
     except ValueError:  # no classifier in the family; a checkpoint of no family raises again, naming its type

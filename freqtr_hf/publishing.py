@@ -121,7 +121,9 @@ def model_card(
     macs = gmacs(config)
     datasets = [source for source in (train_data, eval_data) if source and is_hub_id(source)]
     eval_results = _eval_results(results, macs, eval_data, eval_split) if eval_data else None
-    classifies = "AutoModelForImageClassification" in config.auto_map_entries  # a vision tower gives features
+    # an encoder (a vision tower, DINOv2 without a head) gives features; the saved model's class says which it is
+    architectures = config.architectures or []
+    classifies = not architectures or any(name.endswith("ForImageClassification") for name in architectures)
     task = "image-classification" if classifies else "image-feature-extraction"
     card_data = ModelCardData(
         license=license or base_model_license(base_model) or DEFAULT_LICENSE,
@@ -218,6 +220,14 @@ def _results_section(results: dict, macs: dict, data: str | None, every: int, sp
     return "\n".join(header + rows + ["", note])
 
 
+TOWER_NOTE = """
+
+`pooler_output` is the encoder's pooled token (DINOv2: the normed CLS token; CLIP: the post-normed CLS token;
+SigLIP: the attention-pooling head's output). CLIP's and SigLIP's come before their vision-language model's projection:
+for zero-shot classification put the model in `CLIPModel.vision_model` (or `SiglipModel.vision_model`), which
+projects it."""
+
+
 def _usage(repo: str, classifies: bool) -> str:
     """How to use the folder: an image classifier, or a vision tower's features."""
     if classifies:
@@ -253,7 +263,7 @@ processor = AutoImageProcessor.from_pretrained("{repo}")
 image = Image.open("image.jpg").convert("RGB")
 with torch.no_grad():
     {name} = model(**processor(image, return_tensors="pt")).{result}
-{last}```{pipeline}"""
+{last}```{pipeline if classifies else TOWER_NOTE}"""
 
 
 def _percent(value: float | None) -> str:

@@ -236,7 +236,7 @@ def student_reduction(args) -> dict:
     unreduced FreqViT's: freq). Refuses a `--preset` of freq's options for another method, before any data work."""
     reduction = reduction_overrides(args)
     # read from the config file alone: the checkpoint's schedule may not fit it before the flags change it
-    config_class, _ = family_classes(args.model_name_or_path)  # refuses, by its type, a checkpoint of no family
+    config_class, _ = family_classes(args.model_name_or_path, head_required=False)  # refuses a checkpoint of no family
     saved_method = config_class.get_config_dict(args.model_name_or_path)[0].get("reduction_method", "freq")
     method = reduction.setdefault("reduction_method", saved_method)
     if method == "none":
@@ -250,7 +250,8 @@ def build_student(args, reduction: dict, train_label_names: list[str]):
     """The reduced student and the frozen unreduced teacher. Class folders that are ImageNet classes of the
     pretrained head keep the head (and its labels), and so does --distill_only (which reads no labels: a folder of
     any images will do); otherwise a new head is made, with readable class names, and distillation is off."""
-    config_class, model_class = family_classes(args.model_name_or_path)
+    # an encoder checkpoint (no classifier) is fine-tuned with a new head
+    config_class, model_class = family_classes(args.model_name_or_path, head_required=False)
     pretrained = config_class.from_pretrained(args.model_name_or_path, reduction_method="none")  # for its labels
     label_of = label_mapping(train_label_names, pretrained.id2label, args.synsets) if train_label_names else []
     keep_head = args.distill_only or (bool(train_label_names) and all(index >= 0 for index in label_of))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
-    AutoModel, CLIPConfig, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification,
-    SwinConfig, ViTImageProcessorPil,
+    AutoModel, CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification, SwinConfig, ViTImageProcessorPil,
 )
 
 from conftest import write_images
@@ -100,3 +100,19 @@ def test_the_space_shows_a_dinov2_classifier_with_registers(dinov2_classifier, m
     assert set(reduced_top5) <= {f"class {i}" for i in range(4)} and len(reduced_top5) == 4
     loaded = app.load_model(str(dinov2_classifier))
     assert type(loaded.unreduced).__name__ == "FreqDinov2WithRegistersForImageClassification"
+
+
+def test_a_dinov2_encoder_is_refused_where_a_classifier_is_needed_and_exports_as_an_encoder(tmp_path, capsys):
+    """facebook/dinov2-* hold no classifier: measuring one would read a random head."""
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(**SHAPE, mlp_ratio=2)).save_pretrained(tmp_path / "encoder")
+    with_processor(tmp_path / "encoder")
+    write_images(tmp_path / "data", ["class 0"], 1)
+    common = ["--model", str(tmp_path / "encoder"), "--device", "cpu"]
+    assert main(["evaluate", *common, "--data", str(tmp_path / "data")]) == 2
+    assert "is a Dinov2Model checkpoint, without an image classifier" in capsys.readouterr().err
+    assert main(["export", *common, "--output", str(tmp_path / "exported"), "--reduction-layers", "1", "2",
+                 "--dc-window-sizes", "2", "1"]) == 0
+    auto_map = json.loads((tmp_path / "exported" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_freqdinov2.FreqDinov2Model"
+    assert "pooler_output` is the encoder's pooled token" in (tmp_path / "exported" / "README.md").read_text()

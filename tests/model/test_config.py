@@ -107,14 +107,14 @@ def test_sequence_multiple_rounds_to_the_nearest_length_that_still_reduces(rate,
     plain = ReductionStage(0, rate, added=added).kept(count)
     stage = ReductionStage(0, rate, multiple=multiple, added=added)
     kept = stage.kept(count)
-    length = 1 + kept + added
-    if length % multiple == 0:
-        assert 1 <= kept <= count - 1 - added
+    # the counts that keep a token, shorten the sequence and make it a multiple
+    fitting = [k for k in range(1, count - added) if (1 + k + added) % multiple == 0]
+    if fitting:
+        assert (1 + kept + added) % multiple == 0 and 1 <= kept <= count - 1 - added
         # no other fitting length is nearer to the unrounded one
-        fitting = [k for k in range(1, count - added) if (1 + k + added) % multiple == 0]
         assert abs(kept - plain) == min(abs(k - plain) for k in fitting)
     else:  # no multiple fits: the rate's count
-        assert kept == plain and not [k for k in range(1, count - added) if (1 + k + added) % multiple == 0]
+        assert kept == plain
 
 
 def test_sequence_multiple_is_checked_and_counted():

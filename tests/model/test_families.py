@@ -289,3 +289,8 @@ def test_dinov2_backbone_restores_the_grid_and_serves_depth_anything_and_dpt():
     depth = dpt(pixel_values=pixels).predicted_depth
     assert depth.shape[0] == 2 and torch.isfinite(depth).all()
     depth.mean().backward()
+
+
+def test_a_reduction_layer_past_the_last_block_is_named_first():
+    with pytest.raises(ValueError, match=r"reduction_layers: every layer must be in \[0, 4\)"):
+        FAMILY["dinov2"].configs(reduction_layers=[20])

@@ -56,17 +56,22 @@ FAMILIES = {
 __all__ = sorted(NAMES)
 
 
-def family_classes(source: str, auto_class: str = "AutoModelForImageClassification", **options) -> tuple[type, type]:
+def family_classes(
+    source: str, auto_class: str = "AutoModelForImageClassification", head_required: bool = True, **options
+) -> tuple[type, type]:
     """The reducing config class and model class (the one `auto_class` serves) that load the checkpoint `source` (a
     Hub id or a folder), chosen by its model type: a ViT/DeiT or FreqViT checkpoint gives FreqViT's, a DINOv2 one
     FreqDINOv2's, and so on. `options`: `get_config_dict`'s (revision, token, local_files_only, ...). Raises
     `ValueError` naming the model type when no family loads it, or when the family has no such class (CLIP's and
-    SigLIP's vision towers have no image classifier)."""
+    SigLIP's vision towers have no image classifier), or, for a classifier, when the checkpoint's `architectures` hold
+    none (`facebook/dinov2-base` is an encoder: its classifier would be random) and `head_required` (fine-tuning
+    gives such a checkpoint a new head)."""
     from transformers import PreTrainedConfig
 
     from .configuration_reduction import FAMILY_CONFIGS
 
-    model_type = PreTrainedConfig.get_config_dict(source, **options)[0].get("model_type")
+    config_dict = PreTrainedConfig.get_config_dict(source, **options)[0]
+    model_type = config_dict.get("model_type")
     configs = {name: getattr(importlib.import_module(f".{NAMES[name]}", __name__), name) for name in FAMILIES}
     by_type = {**FAMILY_CONFIGS, **{config.model_type: name for name, config in configs.items()}}
     by_type |= {kind: name for name, config in configs.items() for kind in config.refused_model_types}
@@ -78,6 +83,14 @@ def family_classes(source: str, auto_class: str = "AutoModelForImageClassificati
         raise ValueError(
             f"{source} is a {model_type!r} checkpoint, whose model ({config_name.removesuffix('Config')}) has no "
             f"{auto_class.removeprefix('Auto')}: this needs an image classification checkpoint (ViT, DeiT, DINOv2)"
+        )
+    architectures = config_dict.get("architectures") or []
+    if head_required and auto_class == "AutoModelForImageClassification" and architectures and not any(
+        name.endswith("ForImageClassification") for name in architectures
+    ):
+        raise ValueError(
+            f"{source} is a {architectures[0]} checkpoint, without an image classifier (its head would be random): "
+            "this needs an image classification checkpoint"
         )
     register_auto_classes()
     model_name = FAMILIES[config_name][auto_class]

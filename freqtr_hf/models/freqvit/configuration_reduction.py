@@ -243,6 +243,12 @@ class ReductionConfigMixin:
         if not 0.0 <= self.low_frequency_pool < 1.0:  # also refuses NaN
             raise ValueError(f"low_frequency_pool: must be in [0, 1), got {self.low_frequency_pool!r}")
         layers = self.reduction_layers
+        uses_schedule = self.reduction_method != "none" and self.tome_r is None
+        if uses_schedule and any(not 0 <= layer < self.num_hidden_layers for layer in layers):  # named first
+            raise ValueError(
+                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
+                f"got {list(layers)}"
+            )
         rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,) * len(layers)
         if len(rates) != len(layers):
             raise ValueError(
@@ -263,13 +269,8 @@ class ReductionConfigMixin:
             raise ValueError(
                 f"image_size: a {self.image_size} image holds no whole {self.patch_size} patch (patch_size)"
             )
-        if self.reduction_method == "none" or self.tome_r is not None:
+        if not uses_schedule:
             return  # the schedule is unused: a plain model of any depth keeps the default fields
-        if any(not 0 <= layer < self.num_hidden_layers for layer in layers):
-            raise ValueError(
-                f"reduction_layers: every layer must be in [0, {self.num_hidden_layers}) (num_hidden_layers), "
-                f"got {list(layers)}"
-            )
         check_stages(self.reduction_method, self.reduction_stages, grid)
 
     def reduction_signature(self) -> dict:
